@@ -1,0 +1,1 @@
+"""Fixtures for the OpenAI-compatible call engine (fault server)."""
