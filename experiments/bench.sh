@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# make bench: every benchmark script that exists so far; each prints its own figures
+# and the machine it ran on. Real-data benchmarks need FGRFT_BENCHMARK_DIR.
+set -uo pipefail
+PY=${PY:-.venv/bin/python}
+status=0
+for mod in $($PY - <<'PY'
+import pkgutil, fgrft.bench as b
+print(" ".join(m.name for m in pkgutil.iter_modules(b.__path__) if not m.name.startswith("_")))
+PY
+); do
+  echo "== python -m fgrft.bench.$mod"
+  $PY -m fgrft.bench.$mod || status=$?
+done
+exit $status

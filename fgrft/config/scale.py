@@ -1,0 +1,100 @@
+"""`scale=toy`: shrink any composed config to an offline CPU run.
+
+It is a plain value rather than an overlay group so that it beats presets and
+sweep parameters whatever the order on the command line. Labels stay (a toy
+`baselines` sweep still shows four model names), so what a preset compares is
+kept; only what would need a GPU, the network or hours is swapped out.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, open_dict
+
+TOY_BENCHMARK_LIMIT = 8
+TOY_MAX_NEW_TOKENS = 96
+TOY_TRAIN_STEPS = 4
+TOY_SOURCE_N = 4
+TOY_GENERATION_TOKENS = 384
+
+
+def apply_scale(cfg: DictConfig) -> DictConfig:
+    """Apply `cfg.scale` in place and return `cfg` (a no-op at full scale)."""
+    if cfg.get("scale", "full") != "toy":
+        return cfg
+    with open_dict(cfg):
+        if "model" in cfg and not cfg.model.path:
+            # Every model becomes the embedded smol model under its own label; an
+            # explicit checkpoint path (a model trained at toy scale) is kept.
+            cfg.model.builder = "smol"
+            cfg.model.template_family = "chatml"
+        if "benchmark" in cfg:
+            _toy_benchmark(cfg)
+        if "temperature" in cfg:
+            cfg.temperature.max_new_tokens = min(cfg.temperature.max_new_tokens, TOY_MAX_NEW_TOKENS)
+        if "inference" in cfg and cfg.inference.backend == "vllm":
+            cfg.inference.tensor_parallel_size = 1
+            cfg.inference.data_parallel_size = 1
+            cfg.inference.max_model_len = min(cfg.inference.max_model_len, 2048)
+        if "data" in cfg:
+            _toy_data(cfg)
+        if "trainer" in cfg:
+            _toy_trainer(cfg)
+        for role in ("generator", "verifier"):
+            if role in cfg:
+                _toy_endpoint(cfg[role])
+        if "source" in cfg:
+            _toy_source(cfg)
+    return cfg
+
+
+def _toy_benchmark(cfg: DictConfig) -> None:
+    b = cfg.benchmark
+    if b.name in {"all", "medqa", "pubmedqa", "medmcqa"} and not b.path:
+        b.name, b.dir, b.file_key, b.hub_id, b.hub_config, b.split = "sample", None, None, None, None, None
+    b.limit = min(b.limit or TOY_BENCHMARK_LIMIT, TOY_BENCHMARK_LIMIT)
+
+
+def _toy_data(cfg: DictConfig) -> None:
+    d = cfg.data
+    if d.path:
+        return
+    # The bundled records of the same format; the target format (what an
+    # ablation arm varies) is kept.
+    d.name = "sample" if d.format == "fgrft" else "sample_naive"
+    d.hub_id, d.split, d.n = None, None, None
+
+
+def _toy_trainer(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    t.max_steps = min(t.max_steps, TOY_TRAIN_STEPS) if t.max_steps > 0 else TOY_TRAIN_STEPS
+    t.save_steps = min(t.save_steps, TOY_TRAIN_STEPS)
+    t.max_seq_len = min(t.max_seq_len, 1024)
+    t.grad_accum = 1
+    t.micro_batch_size = min(t.micro_batch_size, 2)
+    t.gradient_checkpointing = False
+    t.attn_implementation = "sdpa"
+    t.num_machines, t.machine_rank, t.main_process_ip = 1, 0, None
+    if t.distributed == "zero3":
+        # ZeRO-3 runs on CPU processes too; keep the sharded path but at most 2 ranks.
+        t.num_processes = min(t.num_processes, 2)
+    else:
+        t.num_processes = 1
+        t.precision = "fp32"
+    t.lora = None
+
+
+def _toy_endpoint(endpoint: DictConfig) -> None:
+    endpoint.kind, endpoint.model, endpoint.base_url, endpoint.api_key_env = "embedded", "smol", None, None
+    endpoint.rpm, endpoint.tpm = None, None
+    endpoint.max_output_tokens = min(endpoint.max_output_tokens, TOY_GENERATION_TOKENS)
+    endpoint.fallback = None
+    for params in endpoint.steps.values():
+        # Reasoning-model profiles leave temperature unset; the embedded model needs one.
+        params.setdefault("temperature", 0.5)
+
+
+def _toy_source(cfg: DictConfig) -> None:
+    s = cfg.source
+    if not s.path:
+        s.name, s.hub_id, s.split, s.file_key = "sample", None, None, None
+    s.n = min(s.n, TOY_SOURCE_N) if s.n else None
+    s.limit = min(s.limit or TOY_SOURCE_N, TOY_SOURCE_N)
