@@ -1,0 +1,21 @@
+"""OpenAI-compatible call engine: lanes, limits, one retry owner, structured outputs.
+
+Knows nothing about the pipeline: it sends chat messages to an endpoint and returns a checked
+answer. See :mod:`fgrft.llm.engine` for the call life cycle.
+"""
+from fgrft.llm.config import EndpointConfig, Sampling
+from fgrft.llm.engine import (CallResult, Endpoint, Engine, ResponseCache, TraceEvent, Usage)
+from fgrft.llm.errors import (ConfigError, EndpointError, FatalAPIError, LLMError, OutputError,
+                              RetryExhaustedError, RunStoppedError, redact)
+from fgrft.llm.lanes import Clock, Lane, TokenBucket, estimate_tokens
+from fgrft.llm.profiles import Profile, build_request, profile_for, request_key
+from fgrft.llm.retry import RetryPolicy
+from fgrft.llm.structured import SchemaError, check_schema, validate
+
+__all__ = [
+    "CallResult", "Clock", "ConfigError", "Endpoint", "EndpointConfig", "EndpointError", "Engine",
+    "FatalAPIError", "LLMError", "Lane", "OutputError", "Profile", "ResponseCache",
+    "RetryExhaustedError", "RetryPolicy", "RunStoppedError", "Sampling", "SchemaError",
+    "TokenBucket", "TraceEvent", "Usage", "build_request", "check_schema", "estimate_tokens",
+    "profile_for", "redact", "request_key", "validate",
+]

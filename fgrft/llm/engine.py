@@ -1,0 +1,424 @@
+"""The call engine: one chat completion per call, through its lane, with retries and checks.
+
+    engine = Engine(cache=..., trace=...)
+    gen = engine.endpoint(EndpointConfig(base_url=..., model=..., kind="vllm", name="generator"))
+    result = await gen.call(messages, schema=SCHEMA, sampling=Sampling(temperature=0.7, seed=1))
+
+A call runs up to ``1 + output_retries`` *attempts*. Each attempt is one distinct request (its
+seed is derived from the attempt number), has its own cache key, is looked up in the cache,
+and, on a miss, is sent through the lane by the transport retry owner (:mod:`.retry`), which
+may resend the identical request several times. An attempt ends in an *outcome*:
+
+    ok              parsed (and schema-valid) content
+    malformed       the body or the content is not valid JSON      -> next attempt
+    invalid         valid JSON that breaks the schema              -> next attempt
+    length          cut by the output cap (finish_reason=length)   -> OutputError, never repaired
+    content_filter  finish_reason=content_filter                   -> OutputError
+    refusal         the model refused (message.refusal)            -> OutputError
+    empty           null or blank content                          -> OutputError
+    fatal           the server refused the request                 -> FatalAPIError, run stops
+    exhausted       transient failures outlived the retry budget   -> RetryExhaustedError
+
+Every attempt (including failed ones) is reported to the ``trace`` callback as a
+:class:`TraceEvent` with the traces.jsonl fields of CONTRACTS.md.
+
+Cache hook (Stage 1b plugs a crash-safe SQLite cache in here): any object with
+``get(key) -> dict | None`` and ``put(key, response: dict)``, sync or async. It stores the
+*response* of each well-formed attempt (content, finish_reason, refusal, model, usage), not
+the verdict, so a resumed run replays the same attempts, reaches the same outcomes with the
+current validation code, and pays for nothing twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+
+import httpx2
+import openai
+
+from fgrft.llm.config import EndpointConfig, Sampling
+from fgrft.llm.errors import (ConfigError, FatalAPIError, OutputError, RetryExhaustedError,
+                              RunStoppedError, redact)
+from fgrft.llm.lanes import Clock, Lane, estimate_tokens
+from fgrft.llm.profiles import Profile, build_request, profile_for, request_key
+from fgrft.llm.retry import RetryPolicy, call_with_retries
+from fgrft.llm.structured import check_schema, parse_json, validate
+
+log = logging.getLogger(__name__)
+
+TRACE_SCHEMA_VERSION = 1
+# Outcomes worth another attempt with a new seed: sampling noise, not the request's fault.
+RETRIED_OUTCOMES = frozenset({"malformed", "invalid"})
+# Keyless local servers still need a non-empty key: the SDK refuses to send without one, and
+# passing None would make it fall back to OPENAI_API_KEY and send that key to the local server.
+KEYLESS_PLACEHOLDER = "EMPTY"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt: int = 0
+    cached: int = 0
+    completion: int = 0
+    reasoning: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.prompt + other.prompt, self.cached + other.cached,
+                     self.completion + other.completion, self.reasoning + other.reasoning)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_api(cls, usage: Any) -> "Usage":
+        """From an OpenAI ``usage`` object; vLLM omits the details, some servers omit it all."""
+        if not isinstance(usage, Mapping):
+            return cls()
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(prompt=int(usage.get("prompt_tokens") or 0),
+                   cached=int(prompt_details.get("cached_tokens") or 0),
+                   completion=int(usage.get("completion_tokens") or 0),
+                   reasoning=int(completion_details.get("reasoning_tokens") or 0))
+
+
+@dataclass
+class CallResult:
+    parsed: Any                 # the JSON object (schema calls), else None
+    text: str | None            # the raw content as returned
+    usage: Usage
+    latency_s: float            # round trip of the answering request; 0 for a cache hit
+    attempt: int                # 0-based output attempt that produced this result
+    model: str                  # the model the server says answered (else the one asked)
+    finish_reason: str | None
+    outcome: str                # see the module docstring
+    cache_key: str = ""
+    cached: bool = False
+    retries: int = 0            # transport retries spent on this attempt
+    problem: str | None = None  # why the outcome is not "ok"
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One line of traces.jsonl (CONTRACTS.md)."""
+
+    id: str | None
+    step: str | None
+    attempt: int
+    cache_key: str
+    cached: bool
+    model: str
+    tokens: Usage
+    latency_s: float
+    outcome: str
+
+    def to_dict(self) -> dict:
+        return {"schema_version": TRACE_SCHEMA_VERSION, "id": self.id, "step": self.step,
+                "attempt": self.attempt, "cache_key": self.cache_key, "cached": self.cached,
+                "model": self.model, "tokens": self.tokens.to_dict(),
+                "latency_s": round(self.latency_s, 4), "outcome": self.outcome}
+
+
+class ResponseCache(Protocol):
+    """What the engine needs from a response cache (sync or async methods both work).
+
+    ``put`` receives a JSON-serialisable dict for every well-formed response: ``well_formed``
+    (True), ``content``, ``refusal``, ``finish_reason``, ``model``, ``usage`` (the
+    :class:`Usage` fields) and ``latency_s`` (of the original request); ``get`` returns it
+    unchanged or ``None``. Keys come from :func:`fgrft.llm.profiles.request_key`.
+    """
+
+    def get(self, key: str) -> dict | None | Awaitable[dict | None]: ...
+
+    def put(self, key: str, response: dict) -> None | Awaitable[None]: ...
+
+
+@dataclass
+class Endpoint:
+    """A registered endpoint: its settings, profile and (shared) lane."""
+
+    cfg: EndpointConfig
+    profile: Profile
+    lane: Lane
+    engine: "Engine" = field(repr=False)
+
+    async def call(self, messages: Sequence[dict], **kwargs) -> CallResult:
+        return await self.engine.call(self, messages, **kwargs)
+
+
+ClientFactory = Callable[[EndpointConfig, str], openai.AsyncOpenAI]
+
+
+def default_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI:
+    # max_retries=0: the engine is the only retry owner. The timeout is also passed per call.
+    return openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
+                              timeout=cfg.timeout_s)
+
+
+class Engine:
+    """Registers endpoints (one lane per (base_url, model)) and makes calls through them.
+
+    Use one engine per event loop (``async with Engine(...) as engine``): its lanes and
+    clients bind to the loop that first uses them.
+    """
+
+    def __init__(self, *, retry: RetryPolicy | None = None, output_retries: int = 2,
+                 cache: ResponseCache | None = None,
+                 trace: Callable[[TraceEvent], None] | None = None,
+                 clock: Clock | None = None, burst_s: float = 1.0,
+                 client_factory: ClientFactory | None = None):
+        if output_retries < 0:
+            raise ConfigError("output_retries must be >= 0")
+        self.retry = retry or RetryPolicy()
+        self.output_retries = output_retries
+        self.cache = cache
+        self.trace = trace
+        self.clock = clock or Clock()
+        self.burst_s = burst_s
+        self._client_factory = client_factory or default_client
+        self._rng = random.Random(self.retry.seed)
+        self._lanes: dict[tuple[str, str], Lane] = {}
+        self._lane_owner: dict[tuple[str, str], EndpointConfig] = {}
+        self._keys: dict[tuple[str, str], str] = {}
+        self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self._stopped: FatalAPIError | None = None
+
+    # -- registration -------------------------------------------------------------------
+    def endpoint(self, cfg: EndpointConfig | Mapping[str, Any], *, name: str = "") -> Endpoint:
+        """Register ``cfg`` (checking its key now, before any work) and return its handle.
+
+        Endpoints naming the same (base_url, model) share a lane whose concurrency is the
+        largest of their settings and whose RPM/TPM are the smallest.
+        """
+        if not isinstance(cfg, EndpointConfig):
+            cfg = EndpointConfig.from_mapping(cfg, name=name)
+        key = cfg.lane_key
+        api_key = self._resolve_key(cfg)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = Lane(key, concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
+                        burst_s=self.burst_s, clock=self.clock)
+            self._lanes[key], self._lane_owner[key], self._keys[key] = lane, cfg, api_key
+        else:
+            owner = self._lane_owner[key]
+            if (owner.kind, owner.api_key_env) != (cfg.kind, cfg.api_key_env):
+                raise ConfigError(
+                    f"endpoints {owner.label!r} and {cfg.label!r} share base_url and model "
+                    f"({key[0]}, {key[1]}) but differ in kind or api_key_env")
+            lane.limiter.raise_limit(cfg.concurrency)
+            lane.set_rates(cfg.rpm, cfg.tpm)
+        return Endpoint(cfg=cfg, profile=profile_for(cfg), lane=lane, engine=self)
+
+    @staticmethod
+    def _resolve_key(cfg: EndpointConfig) -> str:
+        value = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if value:
+            return value
+        if cfg.kind == "openai":
+            need = (f"environment variable {cfg.api_key_env} is not set" if cfg.api_key_env
+                    else "api_key_env is not configured")
+            raise ConfigError(f"endpoint {cfg.label!r} ({cfg.base_url}) needs an API key: {need}")
+        return KEYLESS_PLACEHOLDER
+
+    @property
+    def lanes(self) -> dict[tuple[str, str], Lane]:
+        return dict(self._lanes)
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        return tuple(k for k in self._keys.values() if k != KEYLESS_PLACEHOLDER)
+
+    def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
+        key = ep.cfg.lane_key
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self._client_factory(self._lane_owner[key], self._keys[key])
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    # -- calls --------------------------------------------------------------------------
+    def _raise_if_stopped(self) -> None:
+        if self._stopped is not None:
+            raise RunStoppedError(f"run stopped after a fatal error: {self._stopped}")
+
+    async def call(self, endpoint: Endpoint | EndpointConfig, messages: Sequence[dict], *,
+                   schema: dict | None = None, schema_name: str = "response",
+                   sampling: Sampling | Mapping[str, Any] | None = None,
+                   id: str | None = None, step: str | None = None) -> CallResult:
+        """One chat completion; returns an ``ok`` :class:`CallResult` or raises.
+
+        ``id`` and ``step`` only label the trace events. Raises :class:`OutputError` (unusable
+        content), :class:`FatalAPIError` (and :class:`RunStoppedError` on later calls),
+        :class:`RetryExhaustedError`, :class:`ConfigError`.
+        """
+        ep = endpoint if isinstance(endpoint, Endpoint) else self.endpoint(endpoint)
+        if not isinstance(sampling, Sampling):
+            sampling = Sampling.from_mapping(sampling)
+        if schema is not None:
+            strict = ep.profile.kind == "openai" and ep.profile.structured == "json_schema"
+            check_schema(schema, strict=strict)
+        tokens = estimate_tokens(messages, sampling.max_tokens, schema)
+
+        for attempt in range(self.output_retries + 1):
+            self._raise_if_stopped()
+            request = build_request(ep.profile, ep.cfg.model, messages, sampling, schema=schema,
+                                    schema_name=schema_name, attempt=attempt, label=ep.cfg.label)
+            key = request_key(ep.profile.kind, request, schema, attempt)
+            response = await self._cache_get(key)
+            cached, retries = response is not None, 0
+            if response is None:
+                try:
+                    response, retries = await self._fetch(ep, request, tokens)
+                except (FatalAPIError, RetryExhaustedError) as exc:
+                    if isinstance(exc, FatalAPIError) and self._stopped is None:
+                        self._stopped = exc
+                    outcome = "fatal" if isinstance(exc, FatalAPIError) else "exhausted"
+                    self._emit(TraceEvent(id, step, attempt, key, False, ep.cfg.model, Usage(),
+                                          0.0, outcome))
+                    raise
+                if response.get("well_formed"):
+                    await self._cache_put(key, response)
+            result = _interpret(response, schema, ep.cfg.model)
+            result.attempt, result.cache_key, result.cached, result.retries = attempt, key, cached, retries
+            if cached:
+                result.latency_s = 0.0
+            self._emit(TraceEvent(id, step, attempt, key, cached, result.model, result.usage,
+                                  result.latency_s, result.outcome))
+            if result.outcome == "ok":
+                return result
+            where = f"endpoint {ep.cfg.label!r} (model {ep.cfg.model})"
+            if result.outcome in RETRIED_OUTCOMES and attempt < self.output_retries:
+                log.info("%s: attempt %d %s (%s); trying again with a new seed", where, attempt,
+                         result.outcome, result.problem)
+                continue
+            message = redact(f"{where}: {result.outcome} output on attempt {attempt}: "
+                             f"{result.problem}", self._secrets)
+            raise OutputError(message, result)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch(self, ep: Endpoint, request: dict, tokens: int) -> tuple[dict, int]:
+        """Send one attempt through the lane and the transport retry owner."""
+        client = self._client(ep)
+        timeout = ep.cfg.timeout_s
+        # The request dict is exactly what ``chat.completions.create(**request)`` takes, but it
+        # is sent through the client's generic ``post`` (the SDK's documented way to send
+        # arbitrary bodies): same auth, timeout and status errors, without create()'s per-call
+        # TypedDict transform (about a fifth of the client's CPU per call, profiled) and with
+        # the raw body left for us to judge. ``security`` as create() sets it: bearer key only.
+        body = _wire_body(request)
+        options = {"timeout": timeout, "security": {"bearer_auth": True}}
+
+        async def try_once() -> dict:
+            async with ep.lane.slot(tokens):
+                # Calls queued behind a fatal error must not reach the server.
+                self._raise_if_stopped()
+                start = self.clock.now()
+                # The SDK's timeout bounds each socket operation; this bounds the whole request.
+                async with asyncio.timeout(timeout):
+                    response = await client.post("/chat/completions", body=body,
+                                                 cast_to=httpx2.Response, options=options)
+                return _parse_body(response.text, self.clock.now() - start)
+
+        where = {"endpoint": ep.cfg.label, "base_url": ep.cfg.base_url, "model": ep.cfg.model}
+        return await call_with_retries(try_once, lane=ep.lane, policy=self.retry, rng=self._rng,
+                                       clock=self.clock, where=where, secrets=self._secrets)
+
+    async def _cache_get(self, key: str) -> dict | None:
+        if self.cache is None:
+            return None
+        value = self.cache.get(key)
+        return await value if inspect.isawaitable(value) else value
+
+    async def _cache_put(self, key: str, response: dict) -> None:
+        if self.cache is not None:
+            value = self.cache.put(key, response)
+            if inspect.isawaitable(value):
+                await value
+
+    def _emit(self, event: TraceEvent) -> None:
+        if self.trace is not None:
+            self.trace(event)
+
+
+def _parse_body(text: str, latency_s: float) -> dict:
+    """The parts of a chat-completion body the engine uses, as a cacheable dict.
+
+    The body is parsed here rather than by the SDK: the SDK returns a bare ``str`` for a
+    non-JSON body and raises ``JSONDecodeError`` for a broken JSON one, and a partially filled
+    model for a body missing fields; one plain check is simpler to trust.
+    """
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return {"well_formed": False, "problem": f"response body is not JSON: {text[:120]!r}",
+                "latency_s": latency_s}
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return {"well_formed": False, "problem": "response body has no choices",
+                "latency_s": latency_s}
+    message = choices[0].get("message") or {}
+    if not isinstance(message, dict):
+        return {"well_formed": False, "problem": "choice has no message", "latency_s": latency_s}
+    return {"well_formed": True, "content": message.get("content"),
+            "refusal": message.get("refusal"), "finish_reason": choices[0].get("finish_reason"),
+            "model": body.get("model"), "usage": Usage.from_api(body.get("usage")).to_dict(),
+            "latency_s": latency_s}
+
+
+def _interpret(response: dict, schema: dict | None, asked_model: str) -> CallResult:
+    """Judge one response. Order matters: a cut-off or refused answer is reported as such
+    even when its partial content happens to be (in)valid JSON."""
+    usage = Usage(**response["usage"]) if response.get("usage") else Usage()
+    content = response.get("content")
+    result = CallResult(parsed=None, text=content if isinstance(content, str) else None,
+                        usage=usage, latency_s=float(response.get("latency_s") or 0.0),
+                        attempt=0, model=response.get("model") or asked_model,
+                        finish_reason=response.get("finish_reason"), outcome="ok")
+
+    def fail(outcome: str, problem: str) -> CallResult:
+        result.outcome, result.problem = outcome, problem
+        return result
+
+    if not response.get("well_formed"):
+        return fail("malformed", response.get("problem") or "malformed response body")
+    if result.finish_reason == "length":
+        return fail("length", "finish_reason=length: the output cap cut the answer")
+    if result.finish_reason == "content_filter":
+        return fail("content_filter", "finish_reason=content_filter")
+    if response.get("refusal"):
+        return fail("refusal", f"refused: {str(response['refusal'])[:200]}")
+    if not isinstance(content, str) or not content.strip():
+        return fail("empty", "content is null or blank")
+    if schema is None:
+        return result
+    value, problem = parse_json(content)
+    if problem:
+        return fail("malformed", problem)
+    errors = validate(value, schema)
+    if errors:
+        return fail("invalid", "; ".join(errors[:5]) + (" ..." if len(errors) > 5 else ""))
+    result.parsed = value
+    return result
+
+
+def _wire_body(request: dict) -> dict:
+    """The JSON body ``chat.completions.create(**request)`` would send: ``extra_body`` keys
+    merged at the top level (and winning, as in the SDK)."""
+    body = {k: v for k, v in request.items() if k != "extra_body"}
+    body.update(request.get("extra_body") or {})
+    return body

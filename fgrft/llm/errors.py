@@ -1,0 +1,78 @@
+"""Errors raised by the call engine, and the redaction every message passes through.
+
+Three families, because callers must react differently:
+
+* :class:`ConfigError`     bad endpoint settings or schema; raised before any call is made.
+* :class:`FatalAPIError`   the server refused the request itself (400/401/403/404/422, a quota
+                           that will not come back, ...): retrying cannot help and the run stops.
+  :class:`RunStoppedError` raised by every later call of an engine that saw a fatal error.
+  :class:`RetryExhaustedError` transient failures (timeouts, 429, 5xx) outlived the retry budget.
+* :class:`OutputError`     the server answered but the answer is unusable (cut by the length limit,
+                           refused, empty, malformed or off-schema after its retries). It is about
+                           one call's content, not the endpoint, so the pipeline drops the item
+                           and goes on. It carries the :class:`~fgrft.llm.engine.CallResult` so
+                           the tokens it cost are still accounted for.
+
+API keys never reach a message: the engine knows the key values of its lanes and every message
+built here goes through :func:`redact`, which also masks anything shaped like a bearer token or
+an OpenAI key (servers echo partial keys in 401 bodies).
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fgrft.llm.engine import CallResult
+
+# Shapes of secrets that servers like to echo back ("Incorrect API key provided: sk-pr...").
+_SECRET_SHAPES = re.compile(r"(?i)(bearer\s+)\S+|\bsk-[A-Za-z0-9_\-*.]{4,}")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every known secret value and every key-shaped token masked."""
+    for secret in secrets:
+        # Very short "secrets" (placeholders such as "EMPTY" for keyless servers) are not secret
+        # and masking them would mangle ordinary words.
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "***")
+    return _SECRET_SHAPES.sub(lambda m: (m.group(1) or "") + "***", text)
+
+
+class LLMError(Exception):
+    """Base class of every error raised by :mod:`fgrft.llm`."""
+
+
+class ConfigError(LLMError, ValueError):
+    """Endpoint settings, sampling or schema that cannot work; raised before spending anything."""
+
+
+class EndpointError(LLMError):
+    """An error tied to one endpoint; the message names the endpoint, its URL and model."""
+
+    def __init__(self, message: str, *, endpoint: str, base_url: str, model: str,
+                 status: int | None = None, reason: str = ""):
+        self.endpoint, self.base_url, self.model = endpoint, base_url, model
+        self.status, self.reason = status, reason
+        super().__init__(message)
+
+
+class FatalAPIError(EndpointError):
+    """The request itself was refused; retrying cannot help, so the run stops."""
+
+
+class RetryExhaustedError(EndpointError):
+    """Transient failures (timeouts, dropped connections, 429, 5xx) outlived the retry budget."""
+
+
+class RunStoppedError(LLMError):
+    """The engine already hit a fatal error; no further call is sent."""
+
+
+class OutputError(LLMError):
+    """The server answered, but the content is unusable; ``result.outcome`` says why."""
+
+    def __init__(self, message: str, result: "CallResult"):
+        self.result = result
+        self.outcome = result.outcome
+        super().__init__(message)
