@@ -35,6 +35,8 @@ class RecordError(ValueError):
     def __init__(self, message: str, *, file: str | Path | None = None,
                  index: int | None = None, field: str | None = None):
         self.file, self.index, self.field = file, index, field
+        # The bare message, so a caller can re-raise it with a location added.
+        self.reason = message
         where = []
         if file is not None:
             where.append(str(file))
@@ -161,13 +163,19 @@ class TrainingRecord:
     gold: Gold | None = None
     meta: TrainingMeta = field(default_factory=TrainingMeta)
     schema_version: int = SCHEMA_VERSION
+    # The response exactly as its source wrote it (naive-CoT records, whose single
+    # text is split into Complex_CoT/Response); target_format=raw trains on it.
+    raw_response: str | None = None
 
     @property
     def stem_id(self) -> str:
         return stem_id(self.Question)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.raw_response is None:
+            d.pop("raw_response")
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainingRecord":
@@ -180,6 +188,7 @@ class TrainingRecord:
             gold=Gold(**gold) if gold else None,
             meta=TrainingMeta(**{k: v for k, v in meta.items() if k in known}),
             schema_version=d.get("schema_version", SCHEMA_VERSION),
+            raw_response=d.get("raw_response"),
         )
 
 
