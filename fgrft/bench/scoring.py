@@ -1,0 +1,175 @@
+"""Benchmark: in-process scoring time of a thesis-sized run (3,273 items).
+
+    python -m fgrft.bench.scoring [--repeats N] [--seed S]
+
+Outputs are synthetic but shaped like real ones (thinking + final response,
+option-by-option discussions, option text only, hedged prose that only the
+thesis's difflib rule can "answer", ambiguous, truncated and empty outputs),
+300-2,000 characters long. With FGRFT_BENCHMARK_DIR set, the real questions and
+option texts of eval_data_clinical.json / eval_data_medmcqa.json are used.
+Prints seconds per scorer (target: under 2 s each) and the machine; writes
+nothing to disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+from fgrft.records import Prediction
+from fgrft.scoring import get_scorer, score_predictions, strict
+
+THESIS_SIZES = {"MedQA_USLME_test": 1273, "PubMedQA_test": 1000, "MedMCQA_validation": 1000}
+TARGET_S = 2.0
+
+# Lower-case clinical prose: no isolated capital letters, so an output built
+# only from these sentences reaches the thesis's slow similarity rule.
+PROSE = [
+    "the presentation points to an underlying metabolic process rather than an infection",
+    "laboratory values show a mild normocytic anaemia with an elevated reticulocyte count",
+    "the timeline of symptoms over three weeks argues against an acute vascular event",
+    "on examination there is tenderness in the right upper quadrant without guarding",
+    "the patient's medication history includes a recent course of broad-spectrum antibiotics",
+    "imaging would help to exclude a structural lesion before committing to treatment",
+    "hmm, the family history of early cardiac death is worth keeping in mind here",
+    "wait, the low serum sodium could also explain the confusion and the fatigue",
+    "okay, the combination of fever, rash and joint pain narrows the differential",
+    "the mechanism involves impaired renal excretion and secondary hormonal changes",
+    "this finding is typical of chronic disease and usually improves with the underlying cause",
+    "guidelines recommend confirming the diagnosis before starting long-term therapy",
+]
+WORDS = ("renal hepatic cardiac pulmonary acute chronic primary secondary deficiency "
+         "syndrome infection carcinoma stenosis fibrosis insufficiency toxicity disorder "
+         "inhibitor antagonist therapy biopsy imaging infusion resection").split()
+
+
+def _synthetic_items(rng: random.Random) -> list[tuple[str, str, dict[str, str], str]]:
+    items = []
+    for source, n in THESIS_SIZES.items():
+        for i in range(n):
+            if source.startswith("PubMedQA"):
+                options = {"A": "yes", "B": "no", "C": "maybe"}
+            else:
+                options = {k: " ".join(rng.sample(WORDS, rng.randint(1, 4))).capitalize()
+                           for k in "ABCD"}
+            question = f"Question {i}: " + ". ".join(rng.sample(PROSE, 3)) + ". Which is most likely?"
+            items.append((source, question, options, rng.choice(list(options))))
+    return items
+
+
+def _real_items(directory: str) -> list[tuple[str, str, dict[str, str], str]]:
+    items = []
+    for name in ("eval_data_clinical.json", "eval_data_medmcqa.json"):
+        data = json.loads((Path(directory) / name).read_text(encoding="utf-8"))
+        for source, records in data.items():
+            items += [(source, r["question"], r["options"], r["answer_idx"]) for r in records]
+    return items
+
+
+def _prose(rng: random.Random, chars: int) -> str:
+    parts, size = [], 0
+    while size < chars:
+        s = rng.choice(PROSE)
+        s = s[0].upper() + s[1:] + "."
+        parts.append(s)
+        size += len(s) + 1
+    return " ".join(parts)
+
+
+def _output(rng: random.Random, options: dict[str, str], gold: str) -> str:
+    """One model output of a randomly chosen realistic shape."""
+    letter = gold if rng.random() < 0.65 else rng.choice(list(options))
+    other = rng.choice([k for k in options if k != letter] or [letter])
+    length = rng.randint(300, 2000)
+    shape = rng.random()
+    if shape < 0.30:  # FGRFT style: thinking, then a final response naming the letter
+        body = _prose(rng, int(length * 0.75))
+        return (f"## Thinking\n\n{body}\n\n## Final Response\n\nThe answer is {letter}. "
+                f"{options[letter]}. {_prose(rng, length - len(body))}")
+    if shape < 0.55:  # base-model style: option-by-option discussion, then a verdict
+        lines = [f"{k}. {v}: {_prose(rng, length // (len(options) + 2))}" for k, v in options.items()]
+        return "\n".join(lines) + f"\n\nThe correct answer is {letter}."
+    if shape < 0.70:  # final response naming the option text only
+        return (f"## Thinking\n\n{_prose(rng, length - 120)}\n\n## Final Response\n\n"
+                f"The most appropriate choice here is {options[letter].lower()}.")
+    if shape < 0.82:  # hedged prose with no letter and no option text: thesis rule 4
+        return _prose(rng, length)
+    if shape < 0.88:  # two answers with equal standing
+        return f"{_prose(rng, length - 40)} The answer is {letter} or {other}."
+    if shape < 0.94:  # a changed mind: last statement wins (strict) / head vs tail (thesis)
+        half = _prose(rng, length // 2)
+        return f"The answer is {other}. {half} Wait, actually the answer is {letter}."
+    if shape < 0.99:  # truncated mid-thinking (finish_reason=length)
+        return f"## Thinking\n\n{_prose(rng, length)}"[:length]
+    return ""
+
+
+def build_predictions(seed: int = 0) -> list[Prediction]:
+    rng = random.Random(seed)
+    directory = os.environ.get("FGRFT_BENCHMARK_DIR")
+    items = _real_items(directory) if directory else _synthetic_items(rng)
+    return [Prediction(id=f"b{i}", source=source, sample=0, question=question, options=options,
+                       answer_idx=gold, prompt="", output=_output(rng, options, gold))
+            for i, (source, question, options, gold) in enumerate(items)]
+
+
+def _time_extraction(name: str, predictions: list[Prediction]) -> float:
+    strict._compile.cache_clear()  # count compiling each item's patterns, as a fresh run does
+    scorer = get_scorer(name)
+    start = time.perf_counter()
+    for p in predictions:
+        scorer.extract(p.output, p.options)
+    return time.perf_counter() - start
+
+
+def _time_full(name: str, predictions: list[Prediction]) -> float:
+    strict._compile.cache_clear()
+    start = time.perf_counter()
+    score_predictions(predictions, name, audit=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    predictions = build_predictions(args.seed)
+    lengths = [len(p.output) for p in predictions]
+    data = ("real questions (FGRFT_BENCHMARK_DIR)" if os.environ.get("FGRFT_BENCHMARK_DIR")
+            else "synthetic")
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"items: {len(predictions)} ({data}); output chars median {statistics.median(lengths):.0f}, "
+          f"max {max(lengths)}")
+    ok = True
+    for name in ("strict", "thesis"):
+        times = [_time_extraction(name, predictions) for _ in range(args.repeats)]
+        best = min(times)
+        ok &= best < TARGET_S
+        verdict = "" if best < TARGET_S else "  OVER TARGET"
+        print(f"{name:7s} extract: {best:.3f} s best of {args.repeats} "
+              f"({1e3 * best / len(predictions):.3f} ms/item){verdict}")
+    for name in ("strict", "thesis"):
+        print(f"{name:7s} score_predictions with audit (both scorers + metrics): "
+              f"{_time_full(name, predictions):.3f} s")
+    rules = {}
+    for name in ("strict", "thesis"):
+        scorer = get_scorer(name)
+        counts: dict[str, int] = {}
+        for p in predictions:
+            rule = scorer.extract(p.output, p.options).rule
+            counts[rule] = counts.get(rule, 0) + 1
+        rules[name] = counts
+    print("rules fired:", json.dumps(rules))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

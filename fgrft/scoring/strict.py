@@ -1,0 +1,499 @@
+"""The strict scorer (project default): score only what the model committed to.
+
+Which text is read
+    The part after the last "## Final Response" (or "## Final Answer") heading
+    when the output has one, else the whole output. When a final-response
+    section exists but commits to nothing, the item is unparsed: the thinking
+    section is deliberation over every option, and reading an answer out of it
+    would credit the model with a choice it did not make in its answer.
+
+Evidence, strongest first (a stronger tier always wins over a weaker one)
+    1. Answer statements: an answer cue ("the answer is", "Answer:", "the
+       correct/best option is", "final answer -", "I would choose") followed by
+       an item letter ("B", "(B)", "**B**", "option B", "$\\boxed{B}$") or by an option's text
+       ("the answer is TRUS-guided biopsy"); also a yes/no/maybe-style option
+       given as the section's first word ("Yes, ..."). The LAST statement wins.
+       A statement naming two options ("A or B", "B/C", "yes or no") is a
+       non-commitment (unparsed) if it is the last one; a negated statement
+       ("the answer is not A") commits to nothing unless it goes on "but B".
+       A letter that opens a sentence or carries a label followed by "is
+       correct / is the best answer / is most likely" is a statement too.
+    2. Labelled options: "B. <B's text>" (text compared ignoring case,
+       punctuation, hyphens and spacing), "B." or "B)" opening a line, a line
+       holding only the letter, "**B**", "(B)", "\\boxed{B}", "option B" / "(Option B)".
+       Lists ("options A and C") and negated mentions ("A. is wrong", "option A
+       is incorrect", "rather than (C)") do not count. One distinct letter ->
+       that letter; two or more -> unparsed.
+    3. Option text alone: exactly one option's text occurs (not negated, not as
+       part of a longer option's text) -> that option; otherwise unparsed.
+
+Rules that keep it honest
+    * Letters are upper case and valid for the item (the first len(options)
+      letters); a bare capital inside prose ("Type A personality", "vitamin
+      A") is never read as an option: a letter needs a cue or a label.
+    * A letter, a full stop and a lower-case word ("C. difficile", "H.
+      pylori") is a genus abbreviation, not a lettered answer, unless the
+      words are that option's own text.
+    * "A" followed by a lower-case word or a number after a cue ("Answer: A
+      patient with...", "Answer: A 45-year-old") is the article, not option A
+      (unless the word is a continuation such as "because" or "since").
+    * Short or generic option texts ("yes", "no", "maybe", "none", numbers,
+      one- or two-character texts) are recognised only after an answer cue, as
+      the section's first word or in bold; elsewhere they are ordinary words.
+    * No similarity guessing: if nothing commits to exactly one option the item
+      is unparsed (``letter`` None) and counts as wrong; empty outputs count too.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
+from typing import Iterable, Mapping
+
+from fgrft.records import LETTERS
+from fgrft.scoring.extraction import Extraction, is_empty_output
+
+NAME = "strict"
+
+# Option texts too generic to be recognised by their text alone.
+GENERIC_OPTION_TEXTS = frozenset(
+    {"yes", "no", "maybe", "none", "all", "both", "neither", "true", "false"})
+
+# Words that may follow "answer is A" when A is the option, not the article.
+_A_CONTINUATIONS = frozenset(
+    "because since as which and or but for given due that so then therefore "
+    "here in is was with considering based while whereas".split())
+
+_FINAL_HEADING = re.compile(
+    r"^[ \t]*#{1,6}[ \t]*final[ \t]+(?:response|answer)\b[ \t]*:?", re.I | re.M)
+
+_ANSWER_CUE = re.compile(
+    r"(?:"
+    r"\b(?:final|correct|right|best|true|most\s+(?:likely|appropriate|accurate|probable|correct))"
+    r"\s+(?:answer|option|choice)(?:\s+(?:choice|option))?"
+    r"|\banswer(?:\s+(?:choice|option))?"
+    r")"
+    r"(?:\s+(?:to\s+(?:this|the)\s+question|here|then))?"
+    r"[\s*_]*"
+    r"(?:(?P<neg>is\s+not\b|isn['’]t\b|is\s+never\b|would\s+not\s+be\b|wouldn['’]t\s+be\b"
+    r"|cannot\s+be\b|can['’]t\s+be\b)"
+    r"|is\b|would\s+be\b|will\s+be\b|should\s+be\b|must\s+be\b|appears\s+to\s+be\b"
+    r"|seems\s+to\s+be\b|remains\b|=|:|-|–|—)"
+    r"(?:[\s,]*(?:therefore|thus|hence|clearly|likely|probably|most\s+likely|definitely"
+    r"|indeed|then|so)\b)?"
+    r"[\s,*_:]*"
+    r"|\bI(?:['’]d|\s+would|\s+will)?\s+(?:choose|select|pick|go\s+with|opt\s+for)\s+",
+    re.I)
+
+# After a negated statement: "the answer is not A but (rather) B".
+_BUT = re.compile(r"[\s,;*_]*(?:but|rather)\s+(?:(?:rather|instead)\s+)?", re.I)
+# Joins two answers into one statement: "A or B", "B/C", "yes and no".
+_CONJUNCTION = (r"(?:,|/|&|(?i:\band/or\b|\bor\b|\band\b))")
+_ALT_TEXT_PREFIX = re.compile(
+    r"[\s*_\"'”’)\]]*[\s*_.]*" + _CONJUNCTION + r"[\s*_\"'“‘]*(?:(?:either|both|a|an|the)\s+)?",
+    re.I)
+# What may stand between a cue or a label and the option text it introduces.
+_GAP_BEFORE_TEXT = re.compile(r"[\s*_\"'“‘`(\[]*")
+_GAP_BEFORE_LEADING = re.compile(r"[\s*_#>\"'“‘`]*")
+_LEADING_END = re.compile(r"[*_\"'”’]*[ \t]*(?:[,.!:;\-–—\n]|$)")
+_BOLD_OPEN = re.compile(r"\*\*[ \t]*$")
+_BOLD_CLOSE = re.compile(r"[ \t]*[.!]?[ \t]*\*\*")
+_NEXT_TOKEN = re.compile(r"[ \t]+([a-z]+|\d)")
+# A capital, a full stop and a lower-case word: "C. difficile", "H. pylori".
+_GENUS = re.compile(r"\.[ \t]*[a-z]")
+_GAP_AFTER_LABEL = re.compile(r"[. \t]*")
+# What must precede a letter for "B is correct" to be a statement: a line
+# start, the end of a sentence, "(", "**", "option(s)" or "so/thus/therefore",
+# so that "type A is the most common" inside a sentence stays prose.
+_LETTER_OPENER = re.compile(
+    r"(?:^[ \t>*_#\-•]*|[.!?:;][ \t]+|\(|\*\*|(?<![^\W_])(?:options?|choices?)[ \t]+"
+    r"|(?<![^\W_])(?:so|thus|therefore|hence),?[ \t]+)[(\[]?$",
+    re.I | re.M)
+
+_NEGATION_AFTER = re.compile(
+    r"[\s.:)\]*_\-–—,]*(?:\([^)\n]{0,80}\)[\s,*_]*)?"
+    r"(?:(?:is|are|was|were|would|seems?|appears?|remains?|can|could|may|might|should|must)\s+)?"
+    r"(?:(?:be|also|probably|likely|definitely|clearly|therefore|thus)\s+)*"
+    r"(?:not\b|never\b|isn['’]t|aren['’]t|wasn['’]t|wouldn['’]t|doesn['’]t|does\s+not|do\s+not"
+    r"|cannot|can['’]t|incorrect|wrong|unlikely|less\s+likely|less\s+appropriate|less\s+suitable"
+    r"|ruled\s+out|excluded|inappropriate|contraindicated|eliminated|false\b|a\s+distractor)",
+    re.I)
+_NEGATION_BEFORE = re.compile(
+    r"(?:\bnot|n['’]t|\bnever|\brul(?:e|ed|ing)\s+out|\bexclud\w*|\beliminat\w*|\brather\s+than"
+    r"|\binstead\s+of|\bunlike|\bexcept|\bother\s+than|\bversus|\bvs\.?|\bagainst"
+    r"|\bincorrect(?:ly)?|\bwrong)"
+    r"[\s:,*_\"'“‘]*(?:(?:the|an?)\s+)?(?:(?:options?|choices?)\s*)?[(\[*_\s]*$",
+    re.I)
+_NEGATION_WINDOW = 48
+
+_AMBIGUOUS = "?"  # marker for "this piece of evidence names several options"
+
+
+@dataclass(frozen=True)
+class _LetterPatterns:
+    """Regexes that depend only on the item's letters (cached per option count)."""
+
+    letter_statement: re.Pattern[str]
+    letter_is_correct: re.Pattern[str]
+    letter_alternative: re.Pattern[str]
+    option_mentions: re.Pattern[str]
+    labels: tuple[re.Pattern[str], ...]
+    label_then_text: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class _Item:
+    """What the scorer needs to know about one item's options."""
+
+    letters: str
+    option_words: dict[str, tuple[str, ...]]  # letter -> its text as lower-case words
+    generic: tuple[str, ...]                   # letters whose text is too generic, in order
+    rx: _LetterPatterns
+
+    @property
+    def lookahead_words(self) -> int:
+        """Words to read after a cue: the longest option, "either", an article."""
+        return max((len(w) for w in self.option_words.values()), default=0) + 2
+
+
+_WORD = re.compile(r"[^\W_]+")
+# At most this many non-word characters between two words of an option text,
+# so "TRUS-guided", "TRUS guided" and "trus  guided" all match "TRUS guided".
+_MAX_GAP = 4
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _is_generic(words: tuple[str, ...]) -> bool:
+    joined = "".join(words)
+    return (" ".join(words) in GENERIC_OPTION_TEXTS or len(joined) <= 2
+            or not any(ch.isalpha() for ch in joined))
+
+
+@lru_cache(maxsize=None)
+def _letter_patterns(letters: str) -> _LetterPatterns:
+    cls = f"[{letters}]"
+    option_word = r"(?i:options?|choices?)"
+    one_letter = rf"[(\[]?[ \t*_]*(?P<letter>{cls})(?![^\W_])"
+    # "C. difficile", "E. coli", "H. pylori": a capital, a full stop and a
+    # lower-case word is a genus abbreviation, not a lettered answer.
+    not_genus = r"(?!\.[ \t]*[a-z])"
+    # LaTeX answers, as Llama-3.1 writes them: "The final answer is: $\boxed{B}$".
+    boxed = r"(?:\$*\\boxed\{[ \t]*(?:\\text(?:bf)?\{[ \t]*)?)?"
+    return _LetterPatterns(
+        letter_statement=re.compile(
+            rf"[\s*_\"'“‘`]*{boxed}(?:(?i:either|both)\s+)?(?:[(\[]?{option_word}[ \t]*)?"
+            rf"[ \t*_]*{one_letter}"),
+        # "B is correct", "(B) is the best answer", "so option C is most likely".
+        # The pattern starts at the letter (fast to scan for); what must come
+        # before it is checked separately with _LETTER_OPENER.
+        letter_is_correct=re.compile(
+            rf"(?P<letter>{cls})(?![^\W_])[ \t]*[.)\]]?[ \t]*(?:\*\*)?[ \t]*"
+            r"(?:\([^)\n]{0,80}\)[ \t]*)?"
+            r"(?i:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be)[ \t]+(?i:(?:the|an?)[ \t]+)?"
+            r"(?i:(?:most[ \t]+)?(?:correct|right|best|likely|appropriate|accurate)\b)"
+            r"(?![ \t]+(?i:not|wrong|incorrect|to)\b)"),
+        letter_alternative=re.compile(
+            rf"[\s*_]*[)\]]?[\s*_.]*{_CONJUNCTION}[\s*_]*(?:{option_word}[ \t]*)?[(\[]?[ \t*_]*"
+            rf"(?P<letter>{cls})(?![^\W_])"
+            r"(?![ \t]+(?i:is|was|would|seems|can|could|may|might|has)\b)"),
+        option_mentions=re.compile(
+            rf"(?<![^\W_]){option_word}[ \t:#]*{one_letter}"
+            rf"(?P<more>(?:[ \t)\]]*{_CONJUNCTION}[ \t(\[]*(?:{option_word}[ \t]*)?{cls}(?![^\W_]))*)"),
+        labels=(
+            re.compile(rf"\([ \t]*(?P<letter>{cls})[ \t]*\)"),
+            re.compile(rf"\\boxed\{{[ \t]*(?:\\text(?:bf)?\{{[ \t]*)?(?P<letter>{cls})[ \t]*\}}"),
+            re.compile(rf"\*\*[ \t]*[(\[]?[ \t]*(?P<letter>{cls})[ \t]*[.):]?[ \t]*\*\*"),
+            re.compile(rf"^[ \t>*_#\-•]*[(\[]?(?P<letter>{cls}){not_genus}[ \t]*[.):\]](?![^\W_])",
+                       re.M),
+            re.compile(rf"^[ \t>*_#\-•(\[]*(?P<letter>{cls})[ \t*_.)\]]*$", re.M),
+        ),
+        # Starts at the letter (fast to scan for); the lookbehind after it
+        # checks that the letter is not the end of a word.
+        label_then_text=re.compile(
+            rf"(?P<letter>{cls})(?<![^\W_]{cls})[ \t]*[)\].:\-–][ \t]*(?:\*\*[ \t]*)?"),
+    )
+
+
+@lru_cache(maxsize=8192)
+def _compile(options: tuple[tuple[str, str], ...]) -> _Item:
+    option_map = dict(options)
+    letters = LETTERS[: len(option_map)]
+    words = {k: tuple(_words(option_map.get(k, ""))) for k in letters}
+    words = {k: w for k, w in words.items() if w}  # a text with no words can't be matched
+    return _Item(letters, words, tuple(k for k, w in words.items() if _is_generic(w)),
+                 _letter_patterns(letters))
+
+
+def _item(options: Mapping[str, str]) -> _Item:
+    return _compile(tuple((k, options[k]) for k in sorted(options)))
+
+
+class _Words:
+    """Words (lower-cased) with their character spans: option texts are matched
+    word by word, so case, punctuation, hyphens and spacing do not matter."""
+
+    def __init__(self, text: str, matches: Iterable[re.Match[str]]):
+        self.text = text
+        self.words: list[str] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for m in matches:
+            self.words.append(m.group().lower())
+            self.starts.append(m.start())
+            self.ends.append(m.end())
+
+    def match_at(self, i: int, option: tuple[str, ...]) -> int | None:
+        """End offset of ``option``'s words starting at word i, or None."""
+        if i + len(option) > len(self.words):
+            return None
+        for j, word in enumerate(option):
+            if self.words[i + j] != word:
+                return None
+            if j and self.starts[i + j] - self.ends[i + j - 1] > _MAX_GAP:
+                return None
+        return self.ends[i + len(option) - 1]
+
+
+def _words_after(text: str, pos: int, allowed_gap: re.Pattern[str], limit: int) -> _Words | None:
+    """The next ``limit`` words from pos, if only ``allowed_gap`` lies before the first."""
+    first = _WORD.search(text, pos)
+    if first is None or not allowed_gap.fullmatch(text, pos, first.start()):
+        return None
+    return _Words(text, islice(_WORD.finditer(text, first.start()), limit))
+
+
+class _AllWords(_Words):
+    """Every word of a text, indexed to find all occurrences of an option text.
+
+    Built only for outputs that reach the weaker tiers: most outputs are
+    decided by a statement, which needs just the few words after a cue.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text, _WORD.finditer(text))
+        self.index: dict[str, list[int]] = {}
+        for i, word in enumerate(self.words):
+            self.index.setdefault(word, []).append(i)
+
+    def occurrences(self, option: tuple[str, ...]) -> list[tuple[int, int]]:
+        found = []
+        for i in self.index.get(option[0], ()):
+            end = self.match_at(i, option)
+            if end is not None:
+                found.append((self.starts[i], end))
+        return found
+
+
+def final_section(output: str) -> tuple[str, str]:
+    """(text to score, "final" | "whole"): the last final-response section if any."""
+    last = None
+    for last in _FINAL_HEADING.finditer(output):
+        pass
+    if last is None:
+        return output, "whole"
+    return output[last.end():], "final"
+
+
+def _negated(text: str, start: int, end: int) -> bool:
+    """Whether the mention text[start:end] is denied ("A is wrong", "not B")."""
+    if _NEGATION_AFTER.match(text, end):
+        return True
+    return _NEGATION_BEFORE.search(text[max(0, start - _NEGATION_WINDOW):start]) is not None
+
+
+# -- tier 1: answer statements ---------------------------------------------
+
+def _letter_after_cue(item: _Item, text: str, pos: int) -> tuple[str, int] | None:
+    """(letter, end) of a letter statement starting at pos, or None."""
+    m = item.rx.letter_statement.match(text, pos)
+    if not m:
+        return None
+    letter = m.group("letter")
+    if _GENUS.match(text, m.end()):  # "C. difficile", unless it is C's own text ("B. no")
+        own = item.option_words.get(letter)
+        after = _words_after(text, m.end(), _GAP_AFTER_LABEL, len(own)) if own else None
+        if after is None or after.match_at(0, own) is None:
+            return None
+    if letter == "A":  # "Answer: A patient with ..." is the article
+        nxt = _NEXT_TOKEN.match(text, m.end())
+        if nxt and nxt.group(1) not in _A_CONTINUATIONS:
+            return None
+    return letter, m.end()
+
+
+def _option_text_after(item: _Item, text: str, pos: int) -> tuple[str, int] | None:
+    """(letter, end) of the longest option text starting right at pos, or None.
+
+    Quotes, bold markers, "either"/"both" and an article may come first:
+    "the answer is **a TRUS-guided biopsy**".
+    """
+    t = _words_after(text, pos, _GAP_BEFORE_TEXT, item.lookahead_words)
+    if t is None:
+        return None
+    starts = [0]
+    if t.words[0] in ("either", "both") and len(t.words) > 1:
+        starts.append(1)
+    if t.words[starts[-1]] in ("a", "an", "the") and starts[-1] + 1 < len(t.words):
+        starts.append(starts[-1] + 1)
+    for j in starts:
+        best = None
+        for letter, words in item.option_words.items():
+            end = t.match_at(j, words)
+            if end is not None and (best is None or end > best[1]):
+                best = (letter, end)
+        if best:
+            return best
+    return None
+
+
+def _answer_after_cue(item: _Item, text: str, pos: int) -> tuple[str, int] | None:
+    """The answer a cue introduces: (letter or _AMBIGUOUS, end), or None."""
+    found = _letter_after_cue(item, text, pos)
+    if found:
+        letter, end = found
+        alt = item.rx.letter_alternative.match(text, end)
+        if alt and alt.group("letter") != letter:
+            return _AMBIGUOUS, alt.end()
+        return letter, end
+    found = _option_text_after(item, text, pos)
+    if found:
+        letter, end = found
+        conj = _ALT_TEXT_PREFIX.match(text, end)
+        if conj:
+            other = _option_text_after(item, text, conj.end())
+            if other and other[0] != letter:
+                return _AMBIGUOUS, other[1]
+        return letter, end
+    return None
+
+
+def _leading_generic(item: _Item, text: str) -> tuple[int, str, str] | None:
+    """A yes/no/maybe-style option as the section's first word: "Yes, ..."."""
+    if not item.generic:
+        return None
+    t = _words_after(text, 0, _GAP_BEFORE_LEADING, item.lookahead_words)
+    if t is None:
+        return None
+    for letter in item.generic:
+        end = t.match_at(0, item.option_words[letter])
+        if end is not None and _LEADING_END.match(text, end):
+            return t.starts[0], letter, text[t.starts[0]:end]
+    return None
+
+
+def _statements(item: _Item, text: str) -> list[tuple[int, str, str]]:
+    """Answer statements as (position, letter or _AMBIGUOUS, evidence), in order."""
+    found: list[tuple[int, str, str]] = []
+    leading = _leading_generic(item, text)
+    if leading:
+        found.append(leading)
+    for cue in _ANSWER_CUE.finditer(text):
+        answer = _answer_after_cue(item, text, cue.end())
+        if cue.group("neg"):
+            # "the answer is not A but B": only what follows "but" is asserted.
+            if answer is None:
+                continue
+            but = _BUT.match(text, answer[1])
+            answer = _answer_after_cue(item, text, but.end()) if but else None
+        if answer is not None:
+            found.append((cue.start(), answer[0], text[cue.start():answer[1]].strip()))
+    for m in item.rx.letter_is_correct.finditer(text):
+        # The letter must open a sentence or carry a label (see _LETTER_OPENER).
+        start = m.start("letter")
+        if _LETTER_OPENER.search(text, max(0, start - 16), start):
+            found.append((start, m.group("letter"), m.group(0).strip()))
+    found.sort(key=lambda s: s[0])
+    return found
+
+
+# -- tier 2: labelled options ----------------------------------------------
+
+def _labelled(item: _Item, text: str, all_words: _AllWords) -> list[tuple[int, str, str]]:
+    """Non-negated labelled mentions as (position, letter, evidence)."""
+    # letter position -> [letter, evidence, denied]; a mention is denied when
+    # any of the forms that found it is denied ("A. PSA - not specific").
+    found: dict[int, list] = {}
+
+    def keep(letter_pos: int, letter: str, start: int, end: int) -> None:
+        entry = found.setdefault(letter_pos, [letter, text[start:end].strip(), False])
+        entry[2] = entry[2] or _negated(text, start, end)
+
+    for m in item.rx.option_mentions.finditer(text):
+        if not m.group("more"):  # "options A and C" lists, it does not choose
+            keep(m.start("letter"), m.group("letter"), m.start(), m.end())
+    for rx in item.rx.labels:
+        for m in rx.finditer(text):
+            keep(m.start("letter"), m.group("letter"), m.start(), m.end())
+    for m in item.rx.label_then_text.finditer(text):
+        own = item.option_words.get(m.group("letter"))
+        after = _words_after(text, m.end(), _GAP_BEFORE_TEXT, len(own)) if own else None
+        end = after.match_at(0, own) if after is not None else None
+        if end is not None:
+            keep(m.start("letter"), m.group("letter"), m.start(), end)
+    for letter in item.generic:  # "**Yes**", "**no.**"
+        for start, end in all_words.occurrences(item.option_words[letter]):
+            if _BOLD_OPEN.search(text, max(0, start - 4), start) and _BOLD_CLOSE.match(text, end):
+                keep(start, letter, start, end)
+    return sorted((pos, letter, ev) for pos, (letter, ev, denied) in found.items() if not denied)
+
+
+# -- tier 3: option text alone ----------------------------------------------
+
+def _text_mentions(item: _Item, t: _AllWords) -> dict[str, str]:
+    """Options whose text occurs on its own and not denied: letter -> evidence."""
+    spans = [(start, end, letter)
+             for letter, words in item.option_words.items() if letter not in item.generic
+             for start, end in t.occurrences(words)]
+    found: dict[str, str] = {}
+    for start, end, letter in spans:
+        # "iron" inside "iron deficiency anaemia" is a mention of the longer option.
+        inside_longer = any(s <= start and end <= e and (e - s) > (end - start)
+                            for s, e, other in spans if other != letter)
+        if not inside_longer and not _negated(t.text, start, end):
+            found.setdefault(letter, t.text[start:end])
+    return found
+
+
+def _decide(letters: list[str], rule: str, evidence: str, section: str) -> Extraction:
+    distinct = sorted(set(letters))
+    if len(distinct) == 1 and distinct[0] != _AMBIGUOUS:
+        return Extraction(distinct[0], rule, evidence=evidence, section=section)
+    return Extraction(None, "ambiguous", evidence=evidence, section=section)
+
+
+def extract(output: str, options: Mapping[str, str]) -> Extraction:
+    """The option the output commits to (``letter``), or None with the reason in ``rule``."""
+    if not options:
+        raise ValueError("an item needs at least one option")
+    if is_empty_output(output):
+        return Extraction(None, "empty")
+    text, section = final_section(output)
+    item = _item(options)
+
+    statements = _statements(item, text)
+    if statements:
+        _, letter, evidence = statements[-1]  # the last statement wins
+        return _decide([letter], "statement", evidence, section)
+
+    all_words = _AllWords(text)
+    labelled = _labelled(item, text, all_words)
+    if labelled:
+        return _decide([letter for _, letter, _ in labelled], "labelled",
+                       "; ".join(ev for _, _, ev in labelled)[:200], section)
+
+    mentions = _text_mentions(item, all_words)
+    if mentions:
+        return _decide(list(mentions), "option_text",
+                       "; ".join(mentions.values())[:200], section)
+    return Extraction(None, "no_answer", section=section)
+
+
+class StrictScorer:
+    name = NAME
+
+    def extract(self, output: str, options: Mapping[str, str]) -> Extraction:
+        return extract(output, options)
