@@ -1,10 +1,17 @@
 """`python -m fgrft.evaluate` — Stage 3: benchmark accuracy with confidence intervals and per-item predictions.
 
-Usage: python -m fgrft.evaluate [group=option ...] [key=value ...] [-m] [--cfg job] [--help]
+Usage: python -m fgrft.evaluate [model=...] [benchmark=...] [inference=vllm|hf|openai|replay] [scorer=...] [-m]
 """
 from fgrft.cli import hydra_entry
 
-main = hydra_entry("evaluate", None)
+
+def evaluate(cfg, tracked):
+    from fgrft.evaluation.job import run_evaluation
+
+    return run_evaluation(cfg, tracked)
+
+
+main = hydra_entry("evaluate", evaluate)
 
 if __name__ == "__main__":
     main()

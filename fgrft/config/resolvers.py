@@ -12,7 +12,9 @@ import sys
 
 from omegaconf import OmegaConf
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9=,._+-]+")
+# Run directories are passed back as override values (model.path=..., inference.path=...),
+# so they avoid the characters Hydra's override grammar gives meaning to (= , [ ] ' " spaces).
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
 def short_hash(text: str, n: int = 8) -> str:
@@ -23,7 +25,7 @@ def dirname_for(overrides: str) -> str:
     """A readable, filesystem-safe and unique directory name for a set of overrides."""
     if not overrides:
         return "default"
-    readable = _UNSAFE.sub("_", overrides)[:60].strip("_.") or "run"
+    readable = _UNSAFE.sub("_", overrides.replace("=", "-"))[:60].strip("_.") or "run"
     return f"{readable}-{short_hash(overrides)}"
 
 

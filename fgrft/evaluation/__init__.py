@@ -1,0 +1,1 @@
+"""Stage 3: prompts, backends' hand-off, scoring, files and tracking of an evaluation."""

@@ -1,0 +1,137 @@
+"""One evaluation job: items -> prompts -> completions -> scored predictions -> files.
+
+Everything that can be wrong with the input (benchmark, gold letters, model
+path, prompt template) is checked before a model loads. Completions are kept
+as they finish, so re-running the same command resumes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fgrft.data import load_benchmark
+from fgrft.data.benchmarks import benchmark_items
+from fgrft.evaluation.prompts import items_hash, load_template, prompt_hash, render, render_all
+from fgrft.evaluation.replay import load_replay
+from fgrft.inference.requests import (
+    Completion,
+    CompletionSink,
+    GenerationRequest,
+    Sampling,
+    request_key,
+    request_seed,
+)
+from fgrft.records import Prediction, Question, write_jsonl
+from fgrft.scoring import mlflow_metrics, score_predictions
+from fgrft.tracking import TrackedRun
+
+log = logging.getLogger(__name__)
+
+LINEAGE_FILE = "fgrft.json"
+LINEAGE_KEYS = ("base_model", "data_hash", "train_run_id")
+
+
+def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
+    run_dir = tracked.job.run_dir
+    template = load_template(cfg.prompt.template)
+    backend = cfg.inference.backend
+    throughput: dict[str, float | None] | None = None
+    lineage: dict[str, Any] = {}
+    if backend == "replay":
+        predictions = load_replay(cfg.inference.path, lambda q, o: render(template, _question(q, o)))
+        prompts = [p.prompt for p in predictions if p.sample == 0]
+    else:
+        questions = benchmark_items(load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True),
+                                                   cache_dir=str(Path(cfg.paths.cache) / "datasets")))
+        if not questions:
+            raise ValueError(f"benchmark {cfg.benchmark.name!r} has no items")
+        prompts = render_all(template, questions)
+        model_path, lineage = _resolve_model(cfg)  # a missing model.path fails here, before loading
+        predictions, throughput = _generate(cfg, model_path, questions, prompts, run_dir)
+
+    scored = score_predictions(predictions, cfg.scorer.name, prompt=cfg.prompt.name, throughput=throughput,
+                               seed=cfg.temperature.seed)
+    rows = [p.to_dict() for p in scored.predictions]
+    if cfg.scorer.name == "thesis":  # every line keeps head/tail, null for dropped empty outputs
+        rows = [{**row, "head": p.head, "tail": p.tail} for row, p in zip(rows, scored.predictions)]
+    write_jsonl(run_dir / "predictions.jsonl", rows)
+    (run_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2))
+    write_jsonl(run_dir / "scorer_audit.jsonl", scored.audit)
+
+    ids = [p.id for p in predictions if p.sample == 0]
+    tracked.log_params({
+        "model_label": cfg.model.name,
+        "benchmark": cfg.benchmark.name if backend != "replay" else f"replay:{Path(cfg.inference.path).name}",
+        "temperature": cfg.temperature.temperature,
+        "scorer": cfg.scorer.name,
+        "prompt_hash": prompt_hash(template, prompts),
+        "items_hash": items_hash(ids),
+        **lineage,
+    })
+    tracked.log_metrics(mlflow_metrics(scored.metrics))
+    overall = scored.metrics["overall"]
+    log.info("%s scorer: accuracy %.4f (%d/%d, %d unparsed) [%.4f, %.4f]", cfg.scorer.name, overall["accuracy"],
+             overall["correct"], overall["total"], overall["unparsed"], overall["ci_low"], overall["ci_high"])
+    return scored.metrics
+
+
+def _question(question: str, options: dict[str, str]) -> Question:
+    return Question(source="", question=question, options=options, answer_idx=next(iter(options)), answer="")
+
+
+def _resolve_model(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    from fgrft.models.resolve import resolve_model
+
+    resolved = resolve_model(OmegaConf.to_container(cfg.model, resolve=True), Path(cfg.paths.cache),
+                             scale=cfg.scale)
+    path = resolved.location
+    lineage_file = Path(path) / LINEAGE_FILE
+    lineage = {}
+    if lineage_file.is_file():
+        data = json.loads(lineage_file.read_text())
+        lineage = {k: data.get(k) for k in LINEAGE_KEYS}
+    return str(path), lineage
+
+
+def _generate(cfg: DictConfig, model_path: str, questions: list[Question], prompts: list[str],
+              run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]]:
+    from fgrft.inference.backends import encode_requests, run_backend
+
+    t = cfg.temperature
+    sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens)
+    requests = [
+        GenerationRequest(key=request_key(q.id, s), messages=[{"role": "user", "content": text}],
+                          seed=request_seed(t.seed, q.id, s))
+        for q, text in zip(questions, prompts) for s in range(t.n_samples)
+    ]
+    sink = CompletionSink.in_dir(run_dir)
+    done = sink.done()
+    pending = [r for r in requests if r.key not in done]
+    if done:
+        log.info("resuming: %d of %d completions already on disk", len(requests) - len(pending), len(requests))
+    throughput: dict[str, float | None] = {"items_per_s": None, "output_tokens_per_s": None}
+    if pending:
+        encode_requests(model_path, pending)
+        started = time.perf_counter()
+        run_backend(cfg.inference, model_path, pending, sampling, sink, run_dir)
+        wall = time.perf_counter() - started
+        done = sink.done()
+        new_tokens = sum(done[r.key].output_tokens for r in pending if r.key in done)
+        throughput = {"items_per_s": len(pending) / wall, "output_tokens_per_s": new_tokens / wall}
+    missing = [r.key for r in requests if r.key not in done]
+    if missing:
+        raise RuntimeError(f"backend {cfg.inference.backend} returned no completion for {len(missing)} requests "
+                           f"(first: {missing[0]}); re-run the same command to retry them")
+    predictions = []
+    for q, text in zip(questions, prompts):
+        for s in range(t.n_samples):
+            c: Completion = done[request_key(q.id, s)]
+            predictions.append(Prediction(id=q.id, source=q.source, sample=s, question=q.question,
+                                          options=dict(q.options), answer_idx=q.answer_idx, prompt=text,
+                                          output=c.text, finish_reason=c.finish_reason))
+    return predictions, throughput

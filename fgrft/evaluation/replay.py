@@ -1,0 +1,80 @@
+"""`inference=replay`: stored outputs in, predictions out, no model loaded.
+
+Reads the project's own ``predictions.jsonl`` or the thesis's prediction files
+(a JSON list of objects with ``question``, ``options``, ``answer_idx``,
+``output`` and an optional ``source``; other fields are ignored).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from fgrft.records import LETTERS, Prediction, RecordError, item_id, read_jsonl
+
+REQUIRED = ("question", "options", "answer_idx", "output")
+
+
+def load_replay(path: str | Path, render_prompt: Callable[[str, dict[str, str]], str]) -> list[Prediction]:
+    """Predictions to score again. `render_prompt(question, options)` fills a missing prompt."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError("replay file does not exist", file=path)
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise RecordError("empty file", file=path)
+    if text.lstrip().startswith("["):
+        try:
+            rows = list(enumerate(json.loads(text)))
+        except json.JSONDecodeError as e:
+            raise RecordError(f"broken JSON at line {e.lineno}: {e.msg}", file=path) from None
+    else:
+        rows = list(read_jsonl(path))
+    if not rows:
+        raise RecordError("no predictions in file", file=path)
+    preds = [_prediction(row, i, path, render_prompt) for i, row in rows]
+    seen: dict[tuple[str, int], int] = {}
+    for i, p in enumerate(preds):
+        key = (p.id, p.sample)
+        if key in seen:
+            raise RecordError(f"duplicate item (id {p.id}, sample {p.sample}) also at record {seen[key]}",
+                              file=path, index=i, field="question")
+        seen[key] = i
+    return preds
+
+
+def _prediction(row: Any, index: int, path: Path,
+                render_prompt: Callable[[str, dict[str, str]], str]) -> Prediction:
+    if not isinstance(row, dict):
+        raise RecordError("expected a JSON object", file=path, index=index)
+    for name in REQUIRED:
+        if name not in row:
+            raise RecordError("missing field", file=path, index=index, field=name)
+    options = row["options"]
+    if not isinstance(options, dict) or not options or not all(
+            isinstance(k, str) and k in LETTERS and isinstance(v, str) for k, v in options.items()):
+        raise RecordError("options must map letters A-N to option texts", file=path, index=index,
+                          field="options")
+    gold = row["answer_idx"]
+    if not isinstance(gold, str) or gold.strip().upper() not in options:
+        raise RecordError(f"gold letter {gold!r} is not among the options {sorted(options)}", file=path,
+                          index=index, field="answer_idx")
+    output = row["output"]
+    if output is None:
+        output = ""
+    if not isinstance(output, str):
+        raise RecordError("output must be a string", file=path, index=index, field="output")
+    question = row["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise RecordError("question must be a non-empty string", file=path, index=index, field="question")
+    return Prediction(
+        id=row.get("id") or item_id(question, options),
+        source=row.get("source") or "unknown",
+        sample=int(row.get("sample", 0)),
+        question=question,
+        options=options,
+        answer_idx=gold.strip().upper(),
+        prompt=row.get("prompt") or render_prompt(question, options),
+        output=output,
+        finish_reason=row.get("finish_reason"),
+    )
