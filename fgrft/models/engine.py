@@ -1,0 +1,168 @@
+"""vLLM engine settings that work on this project's CPU profile, and a start/stop pair.
+
+Why each CPU setting (RUNTIME.md has the observations):
+
+* ``dtype="bfloat16"``: the embedded checkpoints are bf16; no cast warnings.
+* ``enforce_eager=True``: no torch.compile / graph capture on the CPU build.
+* ``enable_chunked_prefill=False``: a seeded request whose prompt chunked
+  prefill splits kills the CPU engine ("CPU Generator does not use offset").
+* ``kv_cache_memory_bytes``: an explicit KV cache size. On CPU,
+  ``gpu_memory_utilization`` is the share of *all* RAM reserved (0.2 of 24 GiB
+  is ~5 GiB per engine, refused at start when that much is not free); an
+  explicit size is smaller, only needs itself to fit, and skips the warm-up
+  pass that measures memory (faster start). Default on CPU: 1 GiB.
+* ``generation_config="vllm"``: sampling comes only from the request, not from
+  defaults a checkpoint's generation_config.json may carry (Llama-3.1 ships
+  temperature 0.6 / top_p 0.9), so runs of different models compare.
+
+Code that starts an engine in the default (multiprocess) mode needs an
+``if __name__ == "__main__":`` guard: the engine core is a spawned process.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+CPU_DEFAULT_KV_CACHE_GIB = 1.0
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def vllm_engine_kwargs(
+    path: str | Path,
+    *,
+    max_model_len: int = 2048,
+    seed: int = 0,
+    cpu: bool | None = None,
+    kv_cache_gib: float | None = None,
+    gpu_memory_utilization: float | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` (and, spelled as flags, the server).
+
+    ``cpu`` defaults to "no CUDA device visible". KV cache size: ``kv_cache_gib``
+    when given; else ``gpu_memory_utilization`` when given (on CPU a share of
+    all RAM); else 1 GiB on CPU and 0.9 of GPU memory on GPU. ``overrides`` win
+    over everything (e.g. ``tensor_parallel_size=8``, ``enforce_eager=False``).
+    """
+    if cpu is None:
+        cpu = not cuda_available()
+    kwargs: dict[str, Any] = {
+        "model": str(path),
+        "tokenizer": str(path),
+        "dtype": "bfloat16",
+        "max_model_len": max_model_len,
+        "seed": seed,
+        "generation_config": "vllm",
+    }
+    if cpu:
+        kwargs.update(enforce_eager=True, enable_chunked_prefill=False)
+        if kv_cache_gib is None and gpu_memory_utilization is None:
+            kv_cache_gib = CPU_DEFAULT_KV_CACHE_GIB
+    elif kv_cache_gib is None and gpu_memory_utilization is None:
+        gpu_memory_utilization = 0.9
+    if kv_cache_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    kwargs.update(overrides)
+    return kwargs
+
+
+def start_vllm_engine(path: str | Path, *, in_process: bool = False, **kwargs: Any):
+    """Start ``vllm.LLM`` on a checkpoint with ``vllm_engine_kwargs`` settings.
+
+    ``in_process=True`` runs the engine core and worker inside this process
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no spawned processes, so it starts
+    in seconds instead of ~30 s on 2 cores and needs no ``__main__`` guard. It
+    is meant for test suites. The worker's process-wide side effects are
+    contained: global RNG states and ``torch.set_num_threads`` (which it turns
+    into a no-op) are restored; torch runs one thread while the engine lives;
+    ``stop_vllm_engine`` restores the thread count and tears down the
+    torch.distributed group the worker creates.
+    """
+    from vllm import LLM
+
+    settings = vllm_engine_kwargs(path, **kwargs)
+    if not in_process:
+        return LLM(**settings)
+    import torch
+
+    threads = torch.get_num_threads()
+    with _env(VLLM_ENABLE_V1_MULTIPROCESSING="0"), _process_state_kept():
+        llm = LLM(**settings)
+    # The engine now runs on this process's torch threads. Like vLLM's own
+    # worker, serve with one intra-op thread: on 2 busy cores, OMP spin-waits
+    # made generation ~10x slower with two. stop_vllm_engine restores the count.
+    torch.set_num_threads(1)
+    llm._fgrft_restore_threads = threads
+    return llm
+
+
+def stop_vllm_engine(llm: Any) -> None:
+    """Shut an engine down and release what it holds (processes, process group, memory)."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    with contextlib.suppress(Exception):
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+    threads = getattr(llm, "_fgrft_restore_threads", None)
+    del llm, engine, core
+    with contextlib.suppress(Exception):
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    gc.collect()
+    if threads is not None:  # an in-process engine: give the process its threads back
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Restore RNG states and torch threading that an in-process vLLM worker changes."""
+    import torch
+
+    set_num_threads = torch.set_num_threads
+    num_threads = torch.get_num_threads()
+    py_state = random.getstate()
+    try:
+        import numpy as np
+
+        np_state = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy comes with torch/vLLM
+        np = None
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(num_threads)
+            random.setstate(py_state)
+            if np is not None:
+                np.random.set_state(np_state)
