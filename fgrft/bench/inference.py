@@ -57,7 +57,7 @@ def main() -> int:
     from fgrft.models.engine import start_vllm_engine, stop_vllm_engine
 
     cache = Path(os.environ.get("FGRFT_BENCH_CACHE", Path.cwd() / ".cache" / "fgrft"))
-    model = ensure_built("smol", cache / "models")
+    model = ensure_built("smol", cache)
     items = benchmark_items(load_benchmark({"name": "medmcqa", "dir": bench_dir, "limit": args.items}))
     texts = render_all(load_template("eval_thesis.txt"), items)
     tokenizer = AutoTokenizer.from_pretrained(model)
