@@ -1,8 +1,12 @@
 """OpenAI-compatible call engine: lanes, limits, one retry owner, structured outputs.
 
 Knows nothing about the pipeline: it sends chat messages to an endpoint and returns a checked
-answer. See :mod:`fgrft.llm.engine` for the call life cycle.
+answer. See :mod:`fgrft.llm.engine` for the call life cycle, :mod:`fgrft.llm.cache` for the
+crash-safe response cache and :mod:`fgrft.llm.accounting` for tokens, cost, budget and dry runs.
 """
+from fgrft.llm.accounting import (Budget, BudgetExhaustedError, Estimate, Ledger, PlannedCall,
+                                  PriceTable, estimate, load_prices)
+from fgrft.llm.cache import SqliteResponseCache
 from fgrft.llm.config import EndpointConfig, Sampling
 from fgrft.llm.engine import (CallResult, Endpoint, Engine, ResponseCache, TraceEvent, Usage)
 from fgrft.llm.errors import (ConfigError, EndpointError, FatalAPIError, LLMError, OutputError,
@@ -13,6 +17,8 @@ from fgrft.llm.retry import RetryPolicy
 from fgrft.llm.structured import SchemaError, check_schema, validate
 
 __all__ = [
+    "Budget", "BudgetExhaustedError", "Estimate", "Ledger", "PlannedCall", "PriceTable",
+    "SqliteResponseCache", "estimate", "load_prices",
     "CallResult", "Clock", "ConfigError", "Endpoint", "EndpointConfig", "EndpointError", "Engine",
     "FatalAPIError", "LLMError", "Lane", "OutputError", "Profile", "ResponseCache",
     "RetryExhaustedError", "RetryPolicy", "RunStoppedError", "Sampling", "SchemaError",

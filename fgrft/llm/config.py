@@ -45,6 +45,10 @@ class EndpointConfig:
     name: str = ""                    # role label used in messages ("generator")
     reasoning: bool | None = None     # None: decide from kind and model name
     structured: str = "json_schema"   # how a schema is sent, see profiles.py
+    # Hashed into every cache key of this endpoint when set. The key already covers the model
+    # *name*; set this to what identifies the weights behind it when one name can serve
+    # different weights over time (a local `vllm serve` of successive checkpoints).
+    cache_scope: str = ""
 
     def __post_init__(self):
         where = f"endpoint {self.label!r}"

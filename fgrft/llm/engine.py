@@ -13,6 +13,7 @@ may resend the identical request several times. An attempt ends in an *outcome*:
     malformed       the body or the content is not valid JSON      -> next attempt
     invalid         valid JSON that breaks the schema              -> next attempt
     length          cut by the output cap (finish_reason=length)   -> OutputError, never repaired
+                    (plain-text calls with ``allow_length=True`` accept it: outcome ok)
     content_filter  finish_reason=content_filter                   -> OutputError
     refusal         the model refused (message.refusal)            -> OutputError
     empty           null or blank content                          -> OutputError
@@ -22,11 +23,18 @@ may resend the identical request several times. An attempt ends in an *outcome*:
 Every attempt (including failed ones) is reported to the ``trace`` callback as a
 :class:`TraceEvent` with the traces.jsonl fields of CONTRACTS.md.
 
-Cache hook (Stage 1b plugs a crash-safe SQLite cache in here): any object with
-``get(key) -> dict | None`` and ``put(key, response: dict)``, sync or async. It stores the
-*response* of each well-formed attempt (content, finish_reason, refusal, model, usage), not
-the verdict, so a resumed run replays the same attempts, reaches the same outcomes with the
-current validation code, and pays for nothing twice.
+Cache hook (:class:`fgrft.llm.cache.SqliteResponseCache` is the crash-safe one): any object
+with ``get(key) -> dict | None`` and ``put(key, response: dict)``, sync or async. It is looked
+up before every network attempt, and it stores the *response* of each well-formed attempt
+(content, finish_reason, refusal, model, usage), not the verdict, so a resumed run replays the
+same attempts, reaches the same outcomes with the current validation code, and pays for
+nothing twice. ``put`` is awaited before the attempt's outcome is acted on, so with a durable
+cache a call never counts as done before its answer is on disk.
+
+Accounting hook: a :class:`fgrft.llm.accounting.Ledger` (``Engine(ledger=...)``) records every
+attempt (tokens, cost; cache hits cost nothing) and, when it holds a ``Budget``, is consulted
+right before each request is sent: once the budget is spent no new request starts
+(:class:`~fgrft.llm.accounting.BudgetExhaustedError`), while requests in flight finish.
 """
 from __future__ import annotations
 
@@ -37,7 +45,7 @@ import logging
 import os
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
 import httpx2
 import openai
@@ -49,6 +57,11 @@ from fgrft.llm.lanes import Clock, Lane, estimate_tokens
 from fgrft.llm.profiles import Profile, build_request, profile_for, request_key
 from fgrft.llm.retry import RetryPolicy, call_with_retries
 from fgrft.llm.structured import check_schema, parse_json, validate
+from fgrft.llm.transport import LocalHTTPClient
+from fgrft.llm.transport import applies_to as transport_applies_to
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fgrft.llm.accounting import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +164,22 @@ class Endpoint:
         return await self.engine.call(self, messages, **kwargs)
 
 
-ClientFactory = Callable[[EndpointConfig, str], openai.AsyncOpenAI]
+# Returns an ``openai.AsyncOpenAI`` or anything with the same ``post(path, *, body, cast_to,
+# options)`` (whose result has ``.text``), the same errors and ``close()``: LocalHTTPClient.
+ClientFactory = Callable[[EndpointConfig, str], "openai.AsyncOpenAI | LocalHTTPClient"]
 
 
-def default_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI:
+def default_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI | LocalHTTPClient:
+    # Plain-http endpoints (local servers) get the lean client: through the SDK, client CPU
+    # per call, not the server, bounded a local run (transport.py). It raises the SDK's
+    # exceptions, so everything below is the same for both.
+    if transport_applies_to(cfg.base_url):
+        return LocalHTTPClient(cfg.base_url, api_key, cfg.timeout_s)
+    return sdk_client(cfg, api_key)
+
+
+def sdk_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI:
+    """The SDK client (``Engine(client_factory=sdk_client)`` forces it for any URL)."""
     # max_retries=0: the engine is the only retry owner. The timeout is also passed per call.
     return openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
                               timeout=cfg.timeout_s)
@@ -171,13 +196,14 @@ class Engine:
                  cache: ResponseCache | None = None,
                  trace: Callable[[TraceEvent], None] | None = None,
                  clock: Clock | None = None, burst_s: float = 1.0,
-                 client_factory: ClientFactory | None = None):
+                 client_factory: ClientFactory | None = None, ledger: "Ledger | None" = None):
         if output_retries < 0:
             raise ConfigError("output_retries must be >= 0")
         self.retry = retry or RetryPolicy()
         self.output_retries = output_retries
         self.cache = cache
         self.trace = trace
+        self.ledger = ledger
         self.clock = clock or Clock()
         self.burst_s = burst_s
         self._client_factory = client_factory or default_client
@@ -185,7 +211,7 @@ class Engine:
         self._lanes: dict[tuple[str, str], Lane] = {}
         self._lane_owner: dict[tuple[str, str], EndpointConfig] = {}
         self._keys: dict[tuple[str, str], str] = {}
-        self._clients: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self._clients: dict[tuple[str, str], openai.AsyncOpenAI | LocalHTTPClient] = {}
         self._stopped: FatalAPIError | None = None
 
     # -- registration -------------------------------------------------------------------
@@ -199,6 +225,10 @@ class Engine:
             cfg = EndpointConfig.from_mapping(cfg, name=name)
         key = cfg.lane_key
         api_key = self._resolve_key(cfg)
+        if self.ledger is not None:
+            # A budget cannot be enforced on a model without a price: refuse before any call.
+            self.ledger.require_price(cfg.model, local=_is_local(cfg),
+                                      where=f"endpoint {cfg.label!r}")
         lane = self._lanes.get(key)
         if lane is None:
             lane = Lane(key, concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
@@ -233,7 +263,7 @@ class Engine:
     def _secrets(self) -> tuple[str, ...]:
         return tuple(k for k in self._keys.values() if k != KEYLESS_PLACEHOLDER)
 
-    def _client(self, ep: Endpoint) -> openai.AsyncOpenAI:
+    def _client(self, ep: Endpoint) -> openai.AsyncOpenAI | LocalHTTPClient:
         key = ep.cfg.lane_key
         client = self._clients.get(key)
         if client is None:
@@ -259,16 +289,24 @@ class Engine:
     async def call(self, endpoint: Endpoint | EndpointConfig, messages: Sequence[dict], *,
                    schema: dict | None = None, schema_name: str = "response",
                    sampling: Sampling | Mapping[str, Any] | None = None,
-                   id: str | None = None, step: str | None = None) -> CallResult:
+                   id: str | None = None, step: str | None = None,
+                   allow_length: bool = False) -> CallResult:
         """One chat completion; returns an ``ok`` :class:`CallResult` or raises.
 
-        ``id`` and ``step`` only label the trace events. Raises :class:`OutputError` (unusable
-        content), :class:`FatalAPIError` (and :class:`RunStoppedError` on later calls),
-        :class:`RetryExhaustedError`, :class:`ConfigError`.
+        ``id`` and ``step`` only label the trace events. ``allow_length`` (plain-text calls
+        only) accepts an answer cut by the output cap, for callers to whom a rambling answer
+        is a result (evaluation), not a failure; check ``finish_reason``. Raises
+        :class:`OutputError` (unusable content), :class:`FatalAPIError` (and
+        :class:`RunStoppedError` on later calls), :class:`RetryExhaustedError`,
+        :class:`~fgrft.llm.accounting.BudgetExhaustedError` (a ``RunStoppedError``),
+        :class:`ConfigError`.
         """
         ep = endpoint if isinstance(endpoint, Endpoint) else self.endpoint(endpoint)
         if not isinstance(sampling, Sampling):
             sampling = Sampling.from_mapping(sampling)
+        if allow_length and schema is not None:
+            raise ConfigError("allow_length is for plain-text calls: a structured answer cut "
+                              "by the output cap is not valid JSON")
         if schema is not None:
             strict = ep.profile.kind == "openai" and ep.profile.structured == "json_schema"
             check_schema(schema, strict=strict)
@@ -278,22 +316,28 @@ class Engine:
             self._raise_if_stopped()
             request = build_request(ep.profile, ep.cfg.model, messages, sampling, schema=schema,
                                     schema_name=schema_name, attempt=attempt, label=ep.cfg.label)
-            key = request_key(ep.profile.kind, request, schema, attempt)
+            key = request_key(ep.profile.kind, request, schema, attempt, ep.cfg.cache_scope)
             response = await self._cache_get(key)
             cached, retries = response is not None, 0
-            if response is None:
+            if cached:
+                self._account(ep, Usage(), cached=True)
+            else:
                 try:
                     response, retries = await self._fetch(ep, request, tokens)
                 except (FatalAPIError, RetryExhaustedError) as exc:
                     if isinstance(exc, FatalAPIError) and self._stopped is None:
                         self._stopped = exc
                     outcome = "fatal" if isinstance(exc, FatalAPIError) else "exhausted"
-                    self._emit(TraceEvent(id, step, attempt, key, False, ep.cfg.model, Usage(),
-                                          0.0, outcome))
+                    self._account(ep, Usage(), cached=False)
+                    self._emit(TraceEvent(id, step, attempt, key, False, ep.cfg.model,
+                                          Usage(), 0.0, outcome))
                     raise
+                # Charged before anything can yield to the event loop: the lane slot was just
+                # released, and the next call must see this spend when it checks the budget.
+                self._account(ep, _usage(response), cached=False)
                 if response.get("well_formed"):
                     await self._cache_put(key, response)
-            result = _interpret(response, schema, ep.cfg.model)
+            result = _interpret(response, schema, ep.cfg.model, allow_length)
             result.attempt, result.cache_key, result.cached, result.retries = attempt, key, cached, retries
             if cached:
                 result.latency_s = 0.0
@@ -325,8 +369,11 @@ class Engine:
 
         async def try_once() -> dict:
             async with ep.lane.slot(tokens):
-                # Calls queued behind a fatal error must not reach the server.
+                # Calls queued behind a fatal error, or behind the budget running out, must
+                # not reach the server; checked here, the last moment before sending.
                 self._raise_if_stopped()
+                if self.ledger is not None:
+                    self.ledger.check()
                 start = self.clock.now()
                 # The SDK's timeout bounds each socket operation; this bounds the whole request.
                 async with asyncio.timeout(timeout):
@@ -350,9 +397,19 @@ class Engine:
             if inspect.isawaitable(value):
                 await value
 
+    def _account(self, ep: Endpoint, usage: Usage, *, cached: bool) -> None:
+        if self.ledger is not None:
+            # Charged by the configured model name (servers answer with snapshot names).
+            self.ledger.record(ep.cfg.model, usage, cached=cached, local=_is_local(ep.cfg))
+
     def _emit(self, event: TraceEvent) -> None:
         if self.trace is not None:
             self.trace(event)
+
+
+def _is_local(cfg: EndpointConfig) -> bool:
+    """Self-hosted (vLLM) endpoints have no per-token bill unless the price table says so."""
+    return cfg.kind == "vllm"
 
 
 def _parse_body(text: str, latency_s: float) -> dict:
@@ -380,10 +437,15 @@ def _parse_body(text: str, latency_s: float) -> dict:
             "latency_s": latency_s}
 
 
-def _interpret(response: dict, schema: dict | None, asked_model: str) -> CallResult:
+def _usage(response: dict) -> Usage:
+    return Usage(**response["usage"]) if response.get("usage") else Usage()
+
+
+def _interpret(response: dict, schema: dict | None, asked_model: str,
+               allow_length: bool = False) -> CallResult:
     """Judge one response. Order matters: a cut-off or refused answer is reported as such
     even when its partial content happens to be (in)valid JSON."""
-    usage = Usage(**response["usage"]) if response.get("usage") else Usage()
+    usage = _usage(response)
     content = response.get("content")
     result = CallResult(parsed=None, text=content if isinstance(content, str) else None,
                         usage=usage, latency_s=float(response.get("latency_s") or 0.0),
@@ -396,7 +458,7 @@ def _interpret(response: dict, schema: dict | None, asked_model: str) -> CallRes
 
     if not response.get("well_formed"):
         return fail("malformed", response.get("problem") or "malformed response body")
-    if result.finish_reason == "length":
+    if result.finish_reason == "length" and not allow_length:
         return fail("length", "finish_reason=length: the output cap cut the answer")
     if result.finish_reason == "content_filter":
         return fail("content_filter", "finish_reason=content_filter")

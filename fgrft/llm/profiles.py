@@ -133,12 +133,19 @@ def canonical_json(value: Any) -> str:
                       allow_nan=False)
 
 
-def request_key(kind: str, request: dict, schema: dict | None, attempt: int) -> str:
+def request_key(kind: str, request: dict, schema: dict | None, attempt: int,
+                scope: str = "") -> str:
     """The response-cache key of one attempt: a hash of everything that shapes the answer.
 
     ``request`` already holds the model, messages, every sampling parameter sent (with the
     attempt folded into the seed) and the schema as sent; the schema and attempt are hashed
     again explicitly because with ``structured="none"`` or no seed they are not in the request.
+    ``scope`` (the endpoint's ``cache_scope``) separates different weights served under one
+    model name; it is left out of the hash when empty so unscoped keys never change.
+    The endpoint's URL is not hashed on purpose: a local server restarted on another port, or
+    a hosted API reached through a gateway, still answers the same requests.
     """
     envelope = {"v": 1, "kind": kind, "request": request, "schema": schema, "attempt": attempt}
+    if scope:
+        envelope["scope"] = scope
     return hashlib.sha256(canonical_json(envelope).encode()).hexdigest()
