@@ -51,8 +51,13 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
         if not questions:
             raise ValueError(f"benchmark {cfg.benchmark.name!r} has no items")
         prompts = render_all(template, questions)
-        model_path, lineage = _resolve_model(cfg)  # a missing model.path fails here, before loading
-        predictions, throughput = _generate(cfg, model_path, questions, prompts, run_dir)
+        # With an API backend the model is only a label: nothing is resolved or built.
+        # Otherwise a missing model.path fails here, before anything loads.
+        model_path, lineage = (None, {}) if backend == "openai" else _resolve_model(cfg)
+        generated = _generate(cfg, tracked, model_path, questions, prompts, run_dir)
+        if generated is None:  # a dry run: planned and priced, nothing scored
+            return {}
+        predictions, throughput = generated
 
     scored = score_predictions(predictions, cfg.scorer.name, prompt=cfg.prompt.name, throughput=throughput,
                                seed=cfg.temperature.seed)
@@ -98,8 +103,8 @@ def _resolve_model(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     return str(path), lineage
 
 
-def _generate(cfg: DictConfig, model_path: str, questions: list[Question], prompts: list[str],
-              run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]]:
+def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, questions: list[Question],
+              prompts: list[str], run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]] | None:
     from fgrft.inference.backends import encode_requests, run_backend
 
     t = cfg.temperature
@@ -114,11 +119,34 @@ def _generate(cfg: DictConfig, model_path: str, questions: list[Question], promp
     pending = [r for r in requests if r.key not in done]
     if done:
         log.info("resuming: %d of %d completions already on disk", len(requests) - len(pending), len(requests))
+    api = cfg.inference.backend == "openai"
+    ledger, scope = None, ""
+    if api:
+        from fgrft.inference.openai import estimate_openai, evaluation_cache_scope
+        from fgrft.llm import Budget, Ledger, load_prices
+
+        scope = evaluation_cache_scope(cfg.model, cfg.inference)
+        if cfg.get("dry_run"):
+            estimate = estimate_openai(cfg.inference, pending, sampling, cache_dir=cfg.paths.cache,
+                                       cache_scope=scope)
+            print(estimate.format())
+            (run_dir / "dry_run.json").write_text(json.dumps(estimate.to_dict(), indent=2))
+            return None
+        ledger = Ledger(load_prices(), Budget.from_setting(cfg.get("budget_usd")))
+    elif cfg.get("dry_run"):
+        raise ValueError("dry_run plans API spending: it applies to inference=openai only")
     throughput: dict[str, float | None] = {"items_per_s": None, "output_tokens_per_s": None}
     if pending:
-        encode_requests(model_path, pending)
+        if not api:  # an API server applies its own chat template to the messages
+            encode_requests(model_path, pending)
         started = time.perf_counter()
-        run_backend(cfg.inference, model_path, pending, sampling, sink, run_dir)
+        try:
+            run_backend(cfg.inference, model_path, pending, sampling, sink, run_dir, cache_dir=cfg.paths.cache,
+                        ledger=ledger, cache_scope=scope)
+        finally:
+            if ledger is not None:
+                tracked.log_metrics({"cost_usd": ledger.cost_usd, "api_calls": ledger.calls,
+                                     "cache_hits": ledger.cache_hits})
         wall = time.perf_counter() - started
         done = sink.done()
         new_tokens = sum(done[r.key].output_tokens for r in pending if r.key in done)

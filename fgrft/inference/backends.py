@@ -25,10 +25,15 @@ def encode_requests(model_path: str, requests: Sequence[GenerationRequest]) -> N
         r.prompt_token_ids = encode_chat(tokenizer, r.messages)
 
 
-def run_backend(inference: Any, model_path: str, requests: Sequence[GenerationRequest], sampling: Sampling,
-                sink: CompletionSink, run_dir: Path) -> None:
+def run_backend(inference: Any, model_path: str | None, requests: Sequence[GenerationRequest], sampling: Sampling,
+                sink: CompletionSink, run_dir: Path, *, cache_dir: str | None = None, ledger: Any = None,
+                cache_scope: str = "") -> None:
     backend = inference.backend
-    if backend == "hf":
+    if backend == "openai":
+        from fgrft.inference.openai import generate_openai
+
+        generate_openai(inference, requests, sampling, sink, cache_dir, ledger=ledger, cache_scope=cache_scope)
+    elif backend == "hf":
         from fgrft.inference.hf import generate_hf, load_hf
 
         tokenizer, model = load_hf(model_path, inference.dtype)
@@ -36,7 +41,7 @@ def run_backend(inference: Any, model_path: str, requests: Sequence[GenerationRe
     elif backend == "vllm":
         _run_vllm_worker(inference, model_path, requests, sampling, sink, run_dir)
     else:
-        raise ValueError(f"inference backend {backend!r} does not generate locally")
+        raise ValueError(f"inference backend {backend!r} does not generate")
 
 
 def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[GenerationRequest], sampling: Sampling,
