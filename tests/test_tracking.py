@@ -141,3 +141,15 @@ def test_subprocesses_attach_to_the_jobs_run(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=tmp_path)
     (run,) = runs(tmp_path)
     assert run.data.metrics["from_child"] == 1.0
+
+
+def test_a_sweep_through_the_submitit_launcher_runs_jobs_as_subprocesses(tmp_path):
+    r = run_app(tmp_path, "-m", "temperature=t0.5,t0.7", "hydra/launcher=local")
+    assert r.returncode == 0, r.stderr[-3000:]
+    all_runs = runs(tmp_path)
+    (parent,) = [r for r in all_runs if r.data.tags.get("sweep_parent") == "true"]
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.params["temperature.name"] for c in children) == ["t0.5", "t0.7"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    # submitit ran each job in its own process and left its logs in the sweep directory
+    assert list((tmp_path / "outputs").rglob(".submitit/*/*_log.out"))
