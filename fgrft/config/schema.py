@@ -7,7 +7,7 @@ and fill in defaults, right after composition and before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -224,6 +224,10 @@ class EvaluateConfig(_EvaluationGroups, _Common):
 @dataclass
 class ReportConfig(_Common):
     sweep_id: Optional[str] = None
+    experiments: Optional[List[str]] = None  # MLflow experiments to read (null: experiment_name)
+    claims: Optional[str] = None  # claims registry path (null: experiments/claims.yaml)
+    bootstrap_resamples: int = 10000
+    bootstrap_seed: int = 0
 
 
 SCHEMAS = {
