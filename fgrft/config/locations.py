@@ -17,3 +17,4 @@ def _locate(name: str) -> Path:
 
 CONF_DIR = _locate("conf")
 PROMPTS_DIR = _locate("prompts")
+EXPERIMENTS_DIR = _locate("experiments")

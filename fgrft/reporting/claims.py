@@ -161,10 +161,10 @@ def load_claims(path: str | Path) -> list[Claim]:
 
 
 def default_claims_path(root: str | Path) -> Path | None:
-    """experiments/claims.yaml of the checkout holding the package, else of the working directory."""
-    package_checkout = Path(__file__).resolve().parent.parent.parent
-    for base in (package_checkout, Path(root)):
-        candidate = base / CLAIMS_FILE
+    """The registry the package carries (checkout or wheel), else the working directory's."""
+    from fgrft.config.locations import EXPERIMENTS_DIR
+
+    for candidate in (EXPERIMENTS_DIR / CLAIMS_FILE.name, Path(root) / CLAIMS_FILE):
         if candidate.is_file():
             return candidate
     return None
