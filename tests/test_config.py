@@ -1,6 +1,7 @@
 """Every option of every group, and every preset with its entrypoints, composes and validates."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -153,3 +154,20 @@ def test_an_unknown_override_fails_before_any_work(tmp_path):
     r = _run(["fgrft.evaluate", "model.pth=/x"], tmp_path)
     assert r.returncode != 0 and "pth" in r.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_wheel_layout_finds_conf_prompts_and_claims_inside_the_package(tmp_path):
+    import shutil
+
+    # what pyproject's force-include puts in a wheel: conf/ etc. inside the package
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "fgrft", site / "fgrft", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "conf", site / "fgrft" / "_conf")
+    shutil.copytree(REPO / "prompts", site / "fgrft" / "_prompts")
+    (site / "fgrft" / "_experiments").mkdir()
+    shutil.copy(REPO / "experiments" / "claims.yaml", site / "fgrft" / "_experiments")
+    code = "from fgrft.config.locations import *; print(CONF_DIR, PROMPTS_DIR, EXPERIMENTS_DIR)"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(site / "fgrft" / d) for d in ("_conf", "_prompts", "_experiments")]
