@@ -4,7 +4,14 @@ Usage: python -m fgrft.train [group=option ...] [key=value ...] [-m] [--cfg job]
 """
 from fgrft.cli import hydra_entry
 
-main = hydra_entry("train", None)
+
+def train_job(cfg, tracked):
+    from fgrft.training.job import train_job as run
+
+    return run(cfg, tracked)
+
+
+main = hydra_entry("train", train_job)
 
 if __name__ == "__main__":
     main()

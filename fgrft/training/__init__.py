@@ -1,0 +1,14 @@
+"""Stage 2: supervised fine-tuning on verified reasoning traces.
+
+* ``formatting``: records -> chat messages (the evaluation prompt as the user
+  turn) -> token ids with assistant-only labels, truncation, data hash.
+* ``batching``: packed (padding-free) | grouped | padded micro-batches, and the
+  token/padding accounting saved with each checkpoint.
+* ``trainer``: TRL's SFTTrainer with the thesis's optimisation settings, and
+  the MLflow metrics callback.
+* ``lineage``: intermediate checkpoints (resume), the final checkpoint, ``fgrft.json``.
+* ``job``: the job function behind ``python -m fgrft.train``.
+
+Importing this package is cheap; torch, transformers and TRL load in the
+modules that need them.
+"""

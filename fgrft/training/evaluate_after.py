@@ -1,0 +1,51 @@
+"""``evaluate_after=true``: evaluate the final checkpoint as a nested child of the training run.
+
+The train config already carries the evaluation groups (benchmark,
+temperature, inference, scorer, prompt); they are composed into an evaluate
+config with ``model.path`` set to the checkpoint and run through the same
+job function ``python -m fgrft.evaluate`` uses, in ``<run>/evaluation``.
+Re-running reattaches to the same child run, and evaluation resumes from the
+completions it already has.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+EVAL_DIR = "evaluation"
+_KEYS = ("paths", "scale", "experiment_name", "model", "benchmark", "temperature", "inference", "scorer", "prompt")
+_INHERITED_TAGS = ("sweep_id", "git_commit", "git_dirty", "overrides", "host")
+
+
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dict[str, Any]:
+    import mlflow
+
+    from fgrft.config import validate
+    from fgrft.evaluation.job import run_evaluation
+    from fgrft.tracking import RUN_ID_FILE, JobInfo, TrackedRun, config_params
+
+    container = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                 for k in _KEYS}
+    container["model"]["path"] = str(checkpoint)
+    eval_cfg = validate(OmegaConf.create(container), "evaluate")
+    eval_dir = run_dir / EVAL_DIR
+    eval_dir.mkdir(parents=True, exist_ok=True)
+
+    parent = mlflow.active_run()
+    id_file = eval_dir / RUN_ID_FILE
+    previous = id_file.read_text().strip() if id_file.is_file() else None
+    with mlflow.start_run(run_id=previous, nested=True, run_name=f"{run_dir.name}/evaluate") as child:
+        id_file.write_text(child.info.run_id)
+        tags = mlflow.get_run(parent.info.run_id).data.tags if parent is not None else {}
+        mlflow.set_tags({**{k: tags[k] for k in _INHERITED_TAGS if k in tags}, "stage": "evaluate",
+                         "run_dir": str(eval_dir)})
+        tracked = TrackedRun(run_id=child.info.run_id,
+                             job=JobInfo(stage="evaluate", run_dir=eval_dir, sweep_dir=None))
+        tracked.log_params(config_params(eval_cfg))
+        metrics = run_evaluation(eval_cfg, tracked)
+        for name in ("predictions.jsonl", "metrics.json", "scorer_audit.jsonl"):
+            if (eval_dir / name).is_file():
+                tracked.log_artifact(eval_dir / name)
+    return metrics["overall"]

@@ -1,0 +1,258 @@
+"""Stage 2 job: verified records -> supervised fine-tuning -> ``checkpoint/`` + ``summary.json``.
+
+1. Everything bad input can break is checked before a model loads: trainer
+   settings, the model entry, the records, contamination against the
+   configured benchmark (overlapping questions are dropped and listed), and
+   tokenization (prompt fits, assistant tokens present).
+2. TRL's SFTTrainer trains, resuming from the newest complete checkpoint in
+   this run directory when an earlier attempt was interrupted (re-running the
+   same command lands in the same directory and MLflow run).
+3. The final checkpoint, ``summary.json`` and the MLflow params/metrics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fgrft.config import ConfigError
+from fgrft.data import OverlapSettings, check_contamination, load_training_records, overlapping_train_ids
+from fgrft.evaluation.prompts import load_template
+from fgrft.records import TrainingRecord
+from fgrft.tracking import TrackedRun
+
+from .batching import effective_batching
+from .formatting import TokenizedSet, tokenize_records
+from .lineage import (CHECKPOINTS_DIR, FINAL_DIR, claim_checkpoints, latest_checkpoint, read_lineage,
+                      save_final_checkpoint)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class Prepared:
+    """What training needs, all checked: tokenizer, examples, where they came from."""
+
+    model_location: str
+    base_model: str
+    tokenizer: Any
+    tokenized: TokenizedSet
+    data_hash: str
+    contamination: dict[str, Any]
+    batching: str
+
+
+def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
+    started = time.perf_counter()
+    run_dir = tracked.job.run_dir
+    prepared = prepare(cfg)
+    finished = _finished_summary(run_dir)
+    if finished is not None:
+        if finished.get("data_hash") != prepared.data_hash:
+            raise RuntimeError(f"{run_dir} finished training on other data (data_hash {finished.get('data_hash')}, "
+                               f"now {prepared.data_hash}); pick another hydra.run.dir to train on this data")
+        log.info("this run already finished (%s); remove %s to train again", run_dir / FINAL_DIR, run_dir)
+        return finished
+    lineage = {"base_model": prepared.base_model, "data_hash": prepared.data_hash,
+               "train_run_id": tracked.run_id}
+    tracked.log_params({**lineage, "model_label": cfg.model.name, "data_label": cfg.data.name,
+                        "batching": prepared.batching, "benchmark": cfg.benchmark.name})
+
+    claim_checkpoints(run_dir / CHECKPOINTS_DIR, prepared.data_hash)
+    trainer = _trainer(cfg, prepared, run_dir)
+    resume = latest_checkpoint(run_dir / CHECKPOINTS_DIR)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    steps = trainer.state.global_step
+    save_final_checkpoint(_inference_model(trainer), prepared.tokenizer, run_dir / FINAL_DIR,
+                          {**lineage, "steps": steps}, dtype=_base_dtype(prepared.model_location))
+    summary = _summary(trainer, prepared, resume, wall_s=time.perf_counter() - started)
+    tracked.log_metrics({k: summary[k] for k in ("padding_fraction", "tokens_per_s", "final_loss", "steps",
+                                                  "tokens", "truncated_samples", "wall_s")}, step=steps)
+    log.info("trained %d steps on %d examples: final loss %s, padding %.1f%%, %.0f tokens/s; checkpoint %s",
+             steps, summary["examples"], summary["final_loss"], 100 * summary["padding_fraction"],
+             summary["tokens_per_s"], run_dir / FINAL_DIR)
+    if cfg.evaluate_after:
+        from .evaluate_after import evaluate_checkpoint
+
+        summary["evaluation"] = evaluate_checkpoint(cfg, run_dir / FINAL_DIR, run_dir)
+    # Written last: its presence (with checkpoint/) marks the job as done for a re-run.
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --- 1. checks and data ---------------------------------------------------------------
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Load, check and tokenize everything; nothing here trains or loads model weights."""
+    from fgrft.models import check_model_spec, resolve_model
+
+    _check_trainer(cfg.trainer)
+    model_spec = OmegaConf.to_container(cfg.model, resolve=True)
+    check_model_spec(model_spec, cfg.scale)  # a missing model.path fails here, before any data work
+    records, origin = _load_records(cfg)
+    contamination, records = _drop_contaminated(cfg, records, origin)
+    resolved = resolve_model(model_spec, cfg.paths.cache, scale=cfg.scale)
+    tokenizer = _load_tokenizer(resolved.location, cfg.model.name)
+    tokenized, digest = tokenize_records(
+        tokenizer, records, prompt_template=load_template(cfg.prompt.template),
+        target_format=cfg.data.target_format, training_template=_training_template(tokenizer, cfg.model),
+        max_seq_len=cfg.trainer.max_seq_len, stock_template=tokenizer.chat_template, origin=origin)
+    if tokenized.truncated_ids:
+        log.warning("%d of %d examples are longer than trainer.max_seq_len=%d; their responses are cut",
+                    len(tokenized.truncated_ids), len(tokenized.examples), cfg.trainer.max_seq_len)
+    base = resolved.hub_id or resolved.builder or str(resolved.path)
+    if resolved.path is not None and (parent := read_lineage(resolved.path)):
+        base = parent.get("base_model") or base  # a checkpoint trained here keeps its original base
+    return Prepared(model_location=resolved.location, base_model=base, tokenizer=tokenizer,
+                    tokenized=tokenized, data_hash=digest, contamination=contamination,
+                    batching=effective_batching(cfg.trainer.batching, cfg.trainer.attn_implementation))
+
+
+def _check_trainer(t: DictConfig) -> None:
+    if t.num_processes * t.num_machines > 1 or t.distributed == "zero3":
+        raise ConfigError(
+            f"trainer={t.name}: multi-process and ZeRO-3 training need the accelerate launcher, which "
+            "fgrft.train does not start yet; use trainer=cpu (CPU) or trainer=single_gpu (one GPU, "
+            "optionally with trainer.lora)")
+    if t.max_seq_len < 1 or t.micro_batch_size < 1 or t.grad_accum < 1:
+        raise ConfigError("trainer.max_seq_len, trainer.micro_batch_size and trainer.grad_accum must be >= 1")
+    if t.max_steps == 0 or (t.max_steps < 0 and t.epochs <= 0):
+        raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.epochs > 0")
+
+
+def _load_records(cfg: DictConfig) -> tuple[list[TrainingRecord], str]:
+    spec = OmegaConf.to_container(cfg.data, resolve=True)
+    origin = spec.get("path") or f"data={spec.get('name')}"
+    records = load_training_records(spec, cache_dir=str(Path(cfg.paths.cache) / "datasets"))
+    if not records:
+        raise ValueError(f"{origin}: the training set is empty")
+    return records, origin
+
+
+def _drop_contaminated(cfg: DictConfig, records: list[TrainingRecord],
+                       origin: str) -> tuple[dict[str, Any], list[TrainingRecord]]:
+    settings = OverlapSettings(n=cfg.contamination.ngram, min_shared=cfg.contamination.min_shared_ngrams)
+    result = check_contamination(records, OmegaConf.to_container(cfg.benchmark, resolve=True), settings,
+                                 cache_dir=str(Path(cfg.paths.cache) / "datasets"))
+    dropped = overlapping_train_ids(_overlaps(result))
+    if "overlaps" in result:
+        result["dropped"] = sorted(dropped)
+    else:
+        log.warning("contamination not checked: %s", result.get("not_checked"))
+    if dropped:
+        log.warning("dropping %d training records that overlap benchmark %s", len(dropped), cfg.benchmark.name)
+    kept = [r for r in records if r.id not in dropped]
+    if not kept:
+        raise ValueError(f"{origin}: every training record overlaps benchmark {cfg.benchmark.name}; "
+                         "nothing left to train on")
+    return result, kept
+
+
+def _overlaps(result: dict[str, Any]):
+    from fgrft.data import Overlap
+
+    return [Overlap(**o) for o in result.get("overlaps", [])]
+
+
+def _load_tokenizer(location: str, label: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as e:
+        from fgrft.models import ModelSpecError
+
+        raise ModelSpecError(f"model {label!r}: cannot load a tokenizer from {location}: "
+                             f"{str(e).splitlines()[0]}") from None
+    if not tokenizer.chat_template:
+        raise ConfigError(f"model {label!r} ({location}) has no chat template; evaluation sends chat "
+                          "prompts, so training needs one too")
+    return tokenizer
+
+
+def _training_template(tokenizer: Any, model: DictConfig) -> str:
+    """The tokenizer's own training twin; the configured family when its template is unknown."""
+    from fgrft.models import training_chat_template
+
+    try:
+        return training_chat_template(tokenizer)
+    except ValueError:
+        log.warning("model %s: unknown stock chat template; using the %s training template (checked "
+                    "against the stock one on every example)", model.name, model.template_family)
+        return training_chat_template(model.template_family)
+
+
+# --- 2. the trainer ---------------------------------------------------------------------
+
+def _trainer(cfg: DictConfig, prepared: Prepared, run_dir: Path):
+    from datasets import Dataset
+
+    from .trainer import build_trainer, sft_config
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    args = sft_config(trainer_cfg, output_dir=run_dir / CHECKPOINTS_DIR, batching=prepared.batching)
+    dataset = Dataset.from_dict(prepared.tokenized.columns())
+    return build_trainer(prepared.model_location, prepared.tokenizer, dataset, args, lora=trainer_cfg["lora"])
+
+
+def _inference_model(trainer: Any) -> Any:
+    """The trained model as a plain transformers model (LoRA adapters merged in)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model
+
+
+def _base_dtype(location: str) -> Any:
+    """Save in the base checkpoint's dtype (bf16 here): vLLM then loads it without casting."""
+    from transformers import AutoConfig
+
+    try:
+        dtype = AutoConfig.from_pretrained(location).dtype
+    except (OSError, ValueError):
+        return None
+    return dtype if dtype is not None and not isinstance(dtype, str) else None
+
+
+# --- 3. summary -------------------------------------------------------------------------
+
+def _summary(trainer: Any, prepared: Prepared, resumed_from: Path | None, *, wall_s: float) -> dict[str, Any]:
+    stats = trainer.batch_stats
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {
+        "schema_version": 1,
+        "steps": trainer.state.global_step,
+        "tokens": stats.real_tokens,
+        "trained_tokens": stats.trained_tokens,
+        "samples_seen": stats.samples,
+        "padding_fraction": round(stats.padding_fraction, 6),
+        "tokens_per_s": round(stats.tokens_per_s, 2),
+        "final_loss": losses[-1] if losses else None,
+        "wall_s": round(wall_s, 2),
+        "train_s": round(stats.train_s, 2),
+        "examples": len(prepared.tokenized.examples),
+        "truncated_samples": len(prepared.tokenized.truncated_ids),
+        "batching": prepared.batching,
+        "base_model": prepared.base_model,
+        "data_hash": prepared.data_hash,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "contamination": prepared.contamination,
+    }
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if read_lineage(run_dir / FINAL_DIR) is not None else None
