@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
@@ -30,8 +31,20 @@ def engine_kwargs(model_path: str, inference: Any) -> dict[str, Any]:
         overrides["enforce_eager"] = inference.enforce_eager
     if inference.dtype != "auto":
         overrides["dtype"] = inference.dtype
-    return vllm_engine_kwargs(model_path, max_model_len=inference.max_model_len,
+    return vllm_engine_kwargs(model_path, max_model_len=_fitting_max_model_len(model_path, inference.max_model_len),
                               gpu_memory_utilization=inference.gpu_memory_utilization, **overrides)
+
+
+def _fitting_max_model_len(model_path: str, wanted: int) -> int:
+    """`inference.max_model_len`, capped at what the model was built for (vLLM refuses more)."""
+    config = Path(model_path) / "config.json"
+    if not config.is_file():  # a hub id: vLLM checks it itself
+        return wanted
+    limit = json.loads(config.read_text()).get("max_position_embeddings")
+    if limit and limit < wanted:
+        log.warning("max_model_len %d exceeds the model's %d positions; using %d", wanted, limit, limit)
+        return int(limit)
+    return wanted
 
 
 def generate_with_engine(llm: Any, requests: Sequence[GenerationRequest], sampling: Sampling,
