@@ -1,10 +1,20 @@
 """`python -m fgrft.generate` — Stage 1: verifier-guided data generation.
 
-Usage: python -m fgrft.generate [group=option ...] [key=value ...] [-m] [--cfg job] [--help]
+Usage: python -m fgrft.generate [generator=...] [verifier=...] [source=...] [dry_run=true] [budget_usd=N] [-m]
+
+P1 student reasoning, P2 verifier, P3 guided correction, validation gate (+ revision), P4
+conversational CoT, P5 final response; see fgrft/pipeline/job.py.
 """
 from fgrft.cli import hydra_entry
 
-main = hydra_entry("generate", None)
+
+def generate_job(cfg, tracked):
+    from fgrft.pipeline.job import generate_job as job
+
+    return job(cfg, tracked)
+
+
+main = hydra_entry("generate", generate_job)
 
 if __name__ == "__main__":
     main()

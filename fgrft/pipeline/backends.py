@@ -1,0 +1,114 @@
+"""The generator and verifier endpoints a run talks to, from the ``generator``/``verifier`` groups.
+
+    with open_backends(cfg, run_dir) as backends:   # starts the embedded server if a role needs it
+        backends.endpoints["generator"]             # an fgrft.llm.EndpointConfig
+        backends.fallback                           # the verifier's fallback endpoint, or None
+
+Kinds: ``embedded`` (the smol model on a local vLLM CPU server started here and stopped on
+the way out; both roles share it, hence one lane), ``vllm`` (any OpenAI-compatible server at
+``base_url``) and ``openai`` (the hosted API; the engine's profile handles reasoning models).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+
+from fgrft.llm import ConfigError, EndpointConfig
+from fgrft.llm.profiles import is_reasoning_model
+
+log = logging.getLogger(__name__)
+
+ROLES = ("generator", "verifier")
+EMBEDDED_MODEL = "smol"
+_ENDPOINT_KEYS = ("api_key_env", "concurrency", "rpm", "tpm", "timeout_s")
+
+
+def role_settings(cfg: DictConfig, role: str) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg[role], resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{role}: {exc.full_key} must be set (e.g. {exc.full_key}=NAME)") from None
+
+
+def is_local(settings: dict[str, Any]) -> bool:
+    return settings["kind"] in ("embedded", "vllm")
+
+
+def is_reasoning(settings: dict[str, Any]) -> bool:
+    return settings["kind"] == "openai" and is_reasoning_model(settings["model"])
+
+
+def served_model(settings: dict[str, Any]) -> str:
+    """The model name requests carry (the embedded server serves smol under its own name)."""
+    return EMBEDDED_MODEL if settings["kind"] == "embedded" else settings["model"]
+
+
+def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None,
+             model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointConfig:
+    base_url = base_url or settings.get("base_url")
+    if not base_url:
+        raise ConfigError(f"{role}.base_url must be set for kind={settings['kind']}")
+    extra = {k: settings[k] for k in _ENDPOINT_KEYS if settings.get(k) is not None}
+    return EndpointConfig(base_url=base_url, model=model or served_model(settings),
+                          kind="openai" if settings["kind"] == "openai" else "vllm",
+                          name=name or role, cache_scope=cache_scope, **extra)
+
+
+@dataclass
+class Backends:
+    settings: dict[str, dict[str, Any]]        # role -> its group's keys
+    endpoints: dict[str, EndpointConfig]       # role -> endpoint
+    fallback: EndpointConfig | None = None
+    fallback_temperature: float | None = None
+    after_failures: int = 3
+
+
+@contextlib.contextmanager
+def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
+    settings = {role: role_settings(cfg, role) for role in ROLES}
+    server = None
+    try:
+        scope = ""
+        if any(s["kind"] == "embedded" for s in settings.values()):
+            server, scope = _start_embedded(cfg, run_dir)
+        endpoints = {}
+        for role, s in settings.items():
+            if s["kind"] == "embedded":
+                endpoints[role] = endpoint(role, s, base_url=server.base_url, cache_scope=scope)
+            else:
+                endpoints[role] = endpoint(role, s)
+        backends = Backends(settings=settings, endpoints=endpoints)
+        fb = settings["verifier"].get("fallback")
+        if fb:
+            if settings["verifier"]["kind"] == "embedded":
+                raise ConfigError("verifier.fallback names a second model, which the embedded "
+                                  "server does not serve; set verifier.fallback=null")
+            backends.fallback = endpoint("verifier", settings["verifier"], model=fb["model"],
+                                         name="verifier_fallback")
+            backends.fallback_temperature = fb.get("temperature")
+            backends.after_failures = int(fb.get("after_failures", 3))
+            if backends.after_failures < 0:
+                raise ConfigError("verifier.fallback.after_failures must be >= 0")
+        yield backends
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _start_embedded(cfg: DictConfig, run_dir: Path):
+    from fgrft.models import build_info, ensure_built
+    from fgrft.pipeline.server import EmbeddedServer
+
+    model_dir = ensure_built(EMBEDDED_MODEL, cfg.paths.cache)
+    # The served name is always "smol": the build recipe goes into every cache key instead,
+    # so a rebuilt model never answers from an older build's cached responses.
+    recipe = (build_info(EMBEDDED_MODEL, cfg.paths.cache) or {}).get("recipe")
+    scope = "embedded:" + json.dumps(recipe, sort_keys=True)
+    server = EmbeddedServer(model_dir, log_path=run_dir / "server.log").start()
+    return server, scope

@@ -1,0 +1,286 @@
+"""The Stage 1 job (``python -m fgrft.generate``): questions in, training records out.
+
+    1. select   load the source (duplicates dropped and counted), then drop every question
+                that overlaps the evaluation sets, before any call (contamination guard)
+    2. plan     ``dry_run=true``: print calls, tokens and dollars per step and model; stop
+    3. run      start the backends (the embedded server if a role needs it), run every
+                question's chain through one call engine with the crash-safe response cache
+                under ``paths.cache`` and a ledger (``budget_usd``), showing progress
+    4. write    records.jsonl, traces.jsonl and summary.json (always all three, even when
+                nothing was kept) plus questions.jsonl (every question's outcome); summary
+                counts and cost to MLflow
+
+Re-running the same command resumes: every call answered before (also by a run killed with
+``kill -9``) is a free cache hit, so only unfinished calls are paid for. A spent budget stops
+new calls cleanly: finished records are kept, unfinished questions are dropped as ``budget``,
+and the command succeeds. A fatal API error (a bad key, an unknown model) ends the run as a
+failure, after the files are written.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fgrft.data import DataUnavailable, OverlapSettings, check_contamination, load_source
+from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
+                       TraceEvent, load_prices)
+from fgrft.pipeline import plan as planning
+from fgrft.pipeline.backends import ROLES, open_backends, role_settings
+from fgrft.pipeline.guards import REASONS
+from fgrft.pipeline.progress import Progress
+from fgrft.pipeline.prompts import PromptSet, load_prompts
+from fgrft.pipeline.run import Fallback, Outcome, Pipeline, RunSettings
+from fgrft.pipeline.steps import STEPS
+from fgrft.records import Question, write_jsonl
+from fgrft.tracking import TrackedRun
+
+log = logging.getLogger("fgrft.generate")
+
+SCHEMA_VERSION = 1
+WINDOW_PER_SLOT = 2   # questions in flight per lane slot: keeps lanes full between steps
+
+
+@dataclass
+class Selection:
+    questions: list[Question]          # to run (contaminated ones removed)
+    contaminated: list[Outcome]        # dropped before any call
+    contamination: dict[str, Any]      # summary.json's contamination field
+    duplicates_dropped: int
+    origin: str
+    total: int                         # questions selected from the source
+
+
+def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
+    started = time.monotonic()
+    run_dir = tracked.job.run_dir
+    prompts = load_prompts()
+    # Settings errors (a missing model, a misspelt step) surface before anything starts.
+    sampling = step_sampling({role: role_settings(cfg, role) for role in ROLES})
+    if cfg.max_revisions < 0:
+        raise ConfigError(f"max_revisions must be >= 0, got {cfg.max_revisions}")
+    tracked.log_params({"prompt_hash": prompts.combined_hash,
+                        **{f"prompt_hash.{s}": h for s, h in prompts.hashes.items()}})
+    if cfg.dry_run:
+        return _dry_run(cfg, tracked, prompts)
+    selection = select_questions(cfg)
+    tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
+                        "source_origin": selection.origin})
+    ledger = Ledger(load_prices(), Budget.from_setting(cfg.budget_usd))
+    outcomes, stopped, fatal = _execute(cfg, tracked, prompts, selection, ledger, sampling)
+    outcomes = selection.contaminated + outcomes
+    summary = build_summary(outcomes, selection, ledger, time.monotonic() - started, stopped)
+    _write(run_dir, outcomes, summary)
+    tracked.log_metrics(summary_metrics(summary))
+    log.info("kept %d of %d questions; dropped %s; %d calls, %d cache hits, $%.4f",
+             summary["kept"], summary["questions"], summary["dropped"] or "none",
+             summary["calls"], summary["cache_hits"], summary["cost_usd"])
+    if fatal is not None:
+        raise fatal
+    return summary
+
+
+# ----------------------------------------------------------------------------- 1. select
+
+
+def _source_spec(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.source, resolve=True)
+
+
+def _datasets_dir(cfg: DictConfig) -> str:
+    return str(Path(cfg.paths.cache) / "datasets")
+
+
+def select_questions(cfg: DictConfig) -> Selection:
+    load = load_source(_source_spec(cfg), cache_dir=_datasets_dir(cfg))
+    if load.duplicates_dropped:
+        log.info("source %s: %d repeated questions dropped", load.origin, load.duplicates_dropped)
+    settings = OverlapSettings(n=cfg.contamination.ngram, min_shared=cfg.contamination.min_shared_ngrams)
+    report = check_contamination(load.questions, OmegaConf.to_container(cfg.benchmark, resolve=True),
+                                 settings, cache_dir=_datasets_dir(cfg))
+    if "not_checked" in report:
+        log.warning("contamination: not checked against every benchmark: %s", report["not_checked"])
+    hits: dict[str, list[str]] = {}
+    for o in report.get("overlaps", []):
+        hits.setdefault(o["train_id"], []).append(f"{o['eval_source']}:{o['eval_id']} ({o['kind']})")
+    contaminated = [Outcome(id=q.id, reason="contaminated", detail="; ".join(hits[q.id]))
+                    for q in load.questions if q.id in hits]
+    if contaminated:
+        log.warning("contamination: %d questions overlap the evaluation sets and are dropped",
+                    len(contaminated))
+    return Selection(questions=[q for q in load.questions if q.id not in hits],
+                     contaminated=contaminated, contamination=report,
+                     duplicates_dropped=load.duplicates_dropped, origin=load.origin,
+                     total=len(load.questions))
+
+
+# ----------------------------------------------------------------------------- 2. plan
+
+
+def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet) -> dict[str, Any]:
+    settings = {role: role_settings(cfg, role) for role in ROLES}
+    notes: list[str] = []
+    extra: dict[str, Any] = {}
+    try:
+        selection = select_questions(cfg)
+        shape, count = selection.questions, len(selection.questions)
+        extra = {"source": selection.origin, "contamination": selection.contamination,
+                 "contaminated": len(selection.contaminated),
+                 "duplicates_dropped": selection.duplicates_dropped}
+    except DataUnavailable as exc:
+        count = cfg.source.n if cfg.source.n is not None else cfg.source.limit
+        if count is None:
+            raise DataUnavailable(f"{exc}; a dry run can still estimate offline from the bundled "
+                                  "sample: set source.n (how many questions to plan for)") from exc
+        shape = load_source({"name": "sample"}).questions
+        notes.append(f"the source could not be loaded here ({exc}); estimated from the bundled "
+                     f"sample's {len(shape)} questions, scaled to source.n={count:,}")
+        extra = {"source": None, "estimated_from": "bundled sample", "source_unavailable": str(exc)}
+    plan = planning.make_plan(prompts, shape, count, settings,
+                              max_revisions=cfg.max_revisions, regate=cfg.regate)
+    plan.notes += notes
+    est = planning.price(plan)
+    print(planning.report(plan, est), flush=True)
+    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra))
+    tracked.log_metrics({"planned_calls": est.total.calls, "estimated_cost_usd": est.total.cost_usd,
+                         "questions": count})
+    return est.to_dict()
+
+
+# ----------------------------------------------------------------------------- 3. run
+
+
+class _TraceFile:
+    """traces.jsonl, one line per call attempt of this invocation (cached or not)."""
+
+    def __init__(self, path: Path):
+        # Line-buffered: a killed run leaves whole lines, and `tail -f` shows calls as they end.
+        self.f = open(path, "w", encoding="utf-8", buffering=1)
+
+    def __call__(self, event: TraceEvent) -> None:
+        self.f.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _execute(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet, selection: Selection,
+             ledger: Ledger, sampling: dict[str, dict[str, Any]]
+             ) -> tuple[list[Outcome], str | None, Exception | None]:
+    run_dir = tracked.job.run_dir
+    traces = _TraceFile(run_dir / "traces.jsonl")
+    cache = SqliteResponseCache.in_dir(cfg.paths.cache)
+    try:
+        if not selection.questions:
+            return [], None, None
+        with open_backends(cfg, run_dir) as backends:
+            tracked.log_params({f"model.{r}": backends.endpoints[r].model for r in ROLES})
+            settings = RunSettings(
+                max_tokens={r: int(backends.settings[r]["max_output_tokens"]) for r in ROLES},
+                sampling=sampling,
+                max_revisions=cfg.max_revisions, regate=cfg.regate, run_id=tracked.run_id)
+            outcomes, fatal = asyncio.run(_run(selection.questions, prompts, settings, backends,
+                                               cache, traces, ledger))
+    finally:
+        traces.close()
+        cache.close()
+    stopped = None
+    if fatal is not None:
+        stopped = f"fatal API error: {fatal}"
+    elif ledger.budget is not None and ledger.budget.exhausted and any(
+            o.reason == "budget" for o in outcomes):
+        stopped = "budget"
+        log.warning("budget_usd=%g spent: unfinished questions dropped as 'budget'; re-run with a "
+                    "larger budget_usd to continue (finished calls are cached)", cfg.budget_usd)
+    return outcomes, stopped, fatal
+
+
+def step_sampling(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each step's sampling keys from its role's ``steps``; a step name the role does not run
+    is an error (a typo such as ``p6`` must not leave a step on server defaults unnoticed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        own = [name for name, step in STEPS.items() if step.role == role]
+        for name, keys in (settings[role].get("steps") or {}).items():
+            if name not in own:
+                raise ConfigError(f"{role}.steps.{name}: the {role} runs steps {', '.join(own)}")
+            out[name] = dict(keys or {})
+            Sampling.from_mapping(out[name])  # refuses misspelt sampling keys now
+    return out
+
+
+async def _run(questions, prompts, settings, backends, cache, traces, ledger):
+    async with Engine(cache=cache, trace=traces, ledger=ledger) as engine:
+        endpoints = {r: engine.endpoint(backends.endpoints[r]) for r in ROLES}
+        fallback = None
+        if backends.fallback is not None:
+            fallback = Fallback(engine.endpoint(backends.fallback), backends.fallback_temperature,
+                                backends.after_failures)
+        pipeline = Pipeline(endpoints, prompts, settings, fallback)
+        slots = sum(lane.concurrency for lane in engine.lanes.values())
+        progress = Progress(len(questions), ledger)
+        outcomes = await progress.run_while(
+            pipeline.run_all(questions, window=WINDOW_PER_SLOT * slots, on_outcome=progress.finished))
+        return outcomes, pipeline.fatal
+
+
+# ----------------------------------------------------------------------------- 4. write
+
+
+def build_summary(outcomes: list[Outcome], selection: Selection, ledger: Ledger, wall_s: float,
+                  stopped: str | None) -> dict[str, Any]:
+    dropped = Counter(o.reason for o in outcomes if not o.kept)
+    verdicts: dict[str, Any] = {}
+    for o in outcomes:
+        for label, verdict in o.verdicts.items():
+            group = "gate_recheck" if label.startswith("gate_rev") else label
+            verdicts.setdefault(group, Counter())[verdict] += 1
+    verdicts = {k: dict(v) for k, v in verdicts.items()}
+    verdicts["p2_contradicts_gold"] = sum(o.p2_contradicts_gold for o in outcomes)
+    gated = sum("gate" in o.verdicts for o in outcomes)
+    revised = sum(1 for o in outcomes if o.revised)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "questions": selection.total,
+        "kept": sum(o.kept for o in outcomes),
+        "dropped": {r: dropped[r] for r in REASONS if dropped[r]},
+        "verdicts": verdicts,
+        "revision_rate": round(revised / gated, 4) if gated else 0.0,
+        **ledger.summary(),
+        "wall_s": round(wall_s, 2),
+        "contamination": selection.contamination,
+        # Not contract fields: what else a reader needs to trust the counts.
+        "revised": revised,
+        "fallbacks": sum(o.fallbacks for o in outcomes),
+        "duplicates_dropped": selection.duplicates_dropped,
+        "stopped": stopped,
+    }
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    metrics = {k: summary[k] for k in ("questions", "kept", "revision_rate", "calls", "cache_hits",
+                                       "cost_usd", "wall_s", "revised", "fallbacks",
+                                       "duplicates_dropped")}
+    metrics["dropped"] = sum(summary["dropped"].values())
+    metrics.update({f"dropped/{r}": summary["dropped"].get(r, 0) for r in REASONS})
+    return metrics
+
+
+def _write(run_dir: Path, outcomes: list[Outcome], summary: dict[str, Any]) -> None:
+    write_jsonl(run_dir / "records.jsonl", [o.record for o in outcomes if o.kept])
+    write_jsonl(run_dir / "questions.jsonl", [o.to_dict() for o in outcomes])
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(run_dir / "summary.json")
+
+
+def _items_hash(ids: list[str]) -> str:
+    return hashlib.sha256("\x1e".join(ids).encode()).hexdigest()[:16]

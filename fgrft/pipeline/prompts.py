@@ -1,0 +1,71 @@
+"""Stage 1 prompt templates: loaded from prompts/, identified by content hash, rendered per step.
+
+    prompts = load_prompts()
+    text = prompts.render("p2", q, outputs)       # the user message of P2 for question q
+    prompts.hashes                                 # {"p1": "3f0c...", ...} -> meta.prompt_hashes
+
+A template's hash is the sha256 of its file's text (16 hex digits), so editing one prompt
+changes its hash (and, through the request bytes, the response-cache keys of that step only).
+The variables a template receives come from :func:`fgrft.pipeline.steps.context`, and an
+undefined variable is an error (``StrictUndefined``), never an empty string.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import jinja2
+
+from fgrft.config import PROMPTS_DIR
+from fgrft.pipeline.steps import STEP_NAMES, STEPS, context
+from fgrft.records import Question
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                          autoescape=False)
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class PromptSet:
+    texts: dict[str, str]                       # step -> template source
+    hashes: dict[str, str] = field(init=False)  # step -> content hash
+    _compiled: dict[str, jinja2.Template] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        missing = [s for s in STEP_NAMES if s not in self.texts]
+        if missing:
+            raise ValueError(f"no prompt template for step(s) {missing}")
+        self.hashes = {s: content_hash(self.texts[s]) for s in STEP_NAMES}
+        self._compiled = {s: _ENV.from_string(self.texts[s]) for s in STEP_NAMES}
+
+    @property
+    def combined_hash(self) -> str:
+        """One hash over the six templates (the run's ``prompt_hash`` param)."""
+        return content_hash("\x1e".join(f"{s}={self.hashes[s]}" for s in STEP_NAMES))
+
+    def render_context(self, step: str, variables: Mapping[str, Any]) -> str:
+        return self._compiled[step].render(**variables).strip()
+
+    def render(self, step: str, q: Question, outputs: Mapping[str, Any] | None = None, *,
+               revise_note: str | None = None) -> str:
+        return self.render_context(step, context(step, q, outputs or {}, revise_note=revise_note))
+
+    def messages(self, step: str, q: Question, outputs: Mapping[str, Any] | None = None, *,
+                 revise_note: str | None = None) -> list[dict]:
+        return [{"role": "user", "content": self.render(step, q, outputs, revise_note=revise_note)}]
+
+
+def load_prompts(directory: str | Path | None = None) -> PromptSet:
+    directory = Path(directory) if directory is not None else PROMPTS_DIR
+    texts = {}
+    for name, step in STEPS.items():
+        path = directory / step.template
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt template for step {name!r} not found: {path}")
+        texts[name] = path.read_text(encoding="utf-8")
+    return PromptSet(texts)
