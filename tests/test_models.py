@@ -25,6 +25,7 @@ from fgrft.models import (
     write_training_chat_template,
 )
 from fgrft.models import chat_templates as ct
+from fgrft.models.engine import cpu_has_native_bf16
 from fgrft.models import embedded
 
 # --- stock templates written from memory (test fixtures, not shipped code) ----
@@ -470,7 +471,7 @@ def test_smol_answers_sensibly_in_transformers(smol_path):
 def test_vllm_engine_kwargs_cpu_and_gpu_profiles(tmp_path):
     cpu = vllm_engine_kwargs(tmp_path, cpu=True)
     assert cpu["enforce_eager"] is True and cpu["enable_chunked_prefill"] is False
-    assert cpu["dtype"] == "bfloat16" and cpu["model"] == str(tmp_path) and cpu["kv_cache_memory_bytes"] == 2**30
+    assert cpu["dtype"] == ("bfloat16" if cpu_has_native_bf16() else "float32") and cpu["model"] == str(tmp_path) and cpu["kv_cache_memory_bytes"] == 2**30
     assert "gpu_memory_utilization" not in cpu
     by_share = vllm_engine_kwargs(tmp_path, cpu=True, gpu_memory_utilization=0.2)
     assert by_share["gpu_memory_utilization"] == 0.2 and "kv_cache_memory_bytes" not in by_share
