@@ -242,11 +242,13 @@ def test_unknown_model_path_fails(in_tmp, tmp_path):
         prepare(in_tmp(f"model.path={tmp_path / 'nowhere'}"))
 
 
-def test_multi_process_trainer_is_refused_up_front(in_tmp):
+def test_multi_machine_trainer_without_main_process_ip_is_refused_up_front(in_tmp):
     from fgrft.config import ConfigError
 
-    with pytest.raises(ConfigError, match="trainer=cpu_zero3: multi-process"):
-        prepare(in_tmp("trainer=cpu_zero3"))
+    with pytest.raises(ConfigError, match="num_machines=2 needs trainer.main_process_ip"):
+        prepare(in_tmp("trainer=cpu_zero3", "trainer.num_machines=2"))
+    with pytest.raises(ConfigError, match="lora with distributed=zero3"):
+        prepare(in_tmp("trainer=cpu_zero3", "trainer.lora={r:4,alpha:8,dropout:0.0,target_modules:all-linear}"))
 
 
 def test_contaminated_questions_are_dropped_and_listed(in_tmp, tmp_path):

@@ -212,6 +212,8 @@ class TrainConfig(_EvaluationGroups, _Common):
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluate_after: bool = False
+    # The FGRFT records file (a Stage 1 records.jsonl) whose question ids every ablation arm trains on.
+    fgrft_records: Optional[str] = None
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
 
 

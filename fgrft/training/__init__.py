@@ -7,7 +7,10 @@
 * ``trainer``: TRL's SFTTrainer with the thesis's optimisation settings, and
   the MLflow metrics callback.
 * ``lineage``: intermediate checkpoints (resume), the final checkpoint, ``fgrft.json``.
-* ``job``: the job function behind ``python -m fgrft.train``.
+* ``job``: the job function behind ``python -m fgrft.train``; one process trains in-process.
+* ``launch`` / ``distributed`` / ``worker``: more processes or ZeRO-3: the job generates the
+  accelerate and DeepSpeed settings from the trainer group, starts ``accelerate launch`` on
+  ``python -m fgrft.training.worker <run_dir>`` and reads rank 0's result.
 
 Importing this package is cheap; torch, transformers and TRL load in the
 modules that need them.

@@ -36,7 +36,10 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dic
     parent = mlflow.active_run()
     id_file = eval_dir / RUN_ID_FILE
     previous = id_file.read_text().strip() if id_file.is_file() else None
-    with mlflow.start_run(run_id=previous, nested=True, run_name=f"{run_dir.name}/evaluate") as child:
+    # The parent's experiment, named: without it a nested run lands in the active (Default) experiment.
+    experiment = parent.info.experiment_id if parent is not None and previous is None else None
+    with mlflow.start_run(run_id=previous, nested=True, run_name=f"{run_dir.name}/evaluate",
+                          experiment_id=experiment) as child:
         id_file.write_text(child.info.run_id)
         tags = mlflow.get_run(parent.info.run_id).data.tags if parent is not None else {}
         mlflow.set_tags({**{k: tags[k] for k in _INHERITED_TAGS if k in tags}, "stage": "evaluate",

@@ -6,7 +6,9 @@
    tokenization (prompt fits, assistant tokens present).
 2. TRL's SFTTrainer trains, resuming from the newest complete checkpoint in
    this run directory when an earlier attempt was interrupted (re-running the
-   same command lands in the same directory and MLflow run).
+   same command lands in the same directory and MLflow run). One process
+   trains here; more processes or ZeRO-3 run as ranks started by
+   ``accelerate launch`` (distributed.py), each calling ``fit``.
 3. The final checkpoint, ``summary.json`` and the MLflow params/metrics.
 """
 from __future__ import annotations
@@ -21,12 +23,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fgrft.config import ConfigError
-from fgrft.data import OverlapSettings, check_contamination, load_training_records, overlapping_train_ids
+from fgrft.data import (OverlapSettings, check_contamination, load_training_records, overlapping_train_ids,
+                        select_records)
 from fgrft.evaluation.prompts import load_template
 from fgrft.records import TrainingRecord
 from fgrft.tracking import TrackedRun
 
 from .batching import effective_batching
+from .launch import is_distributed
 from .formatting import TokenizedSet, tokenize_records
 from .lineage import (CHECKPOINTS_DIR, FINAL_DIR, claim_checkpoints, latest_checkpoint, read_lineage,
                       save_final_checkpoint)
@@ -47,6 +51,7 @@ class Prepared:
     data_hash: str
     contamination: dict[str, Any]
     batching: str
+    ids_matched: dict[str, Any] | None = None  # arms restricted to the FGRFT question ids
 
 
 def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
@@ -63,23 +68,27 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     lineage = {"base_model": prepared.base_model, "data_hash": prepared.data_hash,
                "train_run_id": tracked.run_id}
     tracked.log_params({**lineage, "model_label": cfg.model.name, "data_label": cfg.data.name,
-                        "batching": prepared.batching, "benchmark": cfg.benchmark.name})
+                        "batching": prepared.batching, "benchmark": cfg.benchmark.name,
+                        "world_size": cfg.trainer.num_processes * cfg.trainer.num_machines,
+                        **(prepared.ids_matched or {})})
 
     claim_checkpoints(run_dir / CHECKPOINTS_DIR, prepared.data_hash)
-    trainer = _trainer(cfg, prepared, run_dir)
+    # Resolved once here: ranks must not race to remove an incomplete checkpoint.
     resume = latest_checkpoint(run_dir / CHECKPOINTS_DIR)
     if resume is not None:
         log.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if is_distributed(trainer_cfg):
+        from .distributed import launch_ranks
 
-    steps = trainer.state.global_step
-    save_final_checkpoint(_inference_model(trainer), prepared.tokenizer, run_dir / FINAL_DIR,
-                          {**lineage, "steps": steps}, dtype=_base_dtype(prepared.model_location))
-    summary = _summary(trainer, prepared, resume, wall_s=time.perf_counter() - started)
+        summary = launch_ranks(cfg, tracked, lineage, resume)
+    else:
+        summary = fit(cfg, prepared, run_dir, lineage, resume)
+    summary["wall_s"] = round(time.perf_counter() - started, 2)
     tracked.log_metrics({k: summary[k] for k in ("padding_fraction", "tokens_per_s", "final_loss", "steps",
-                                                  "tokens", "truncated_samples", "wall_s")}, step=steps)
+                                                  "tokens", "truncated_samples", "wall_s")}, step=summary["steps"])
     log.info("trained %d steps on %d examples: final loss %s, padding %.1f%%, %.0f tokens/s; checkpoint %s",
-             steps, summary["examples"], summary["final_loss"], 100 * summary["padding_fraction"],
+             summary["steps"], summary["examples"], summary["final_loss"], 100 * summary["padding_fraction"],
              summary["tokens_per_s"], run_dir / FINAL_DIR)
     if cfg.evaluate_after:
         from .evaluate_after import evaluate_checkpoint
@@ -87,6 +96,23 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
         summary["evaluation"] = evaluate_checkpoint(cfg, run_dir / FINAL_DIR, run_dir)
     # Written last: its presence (with checkpoint/) marks the job as done for a re-run.
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, lineage: dict[str, Any], resume: Path | None,
+        **sft_overrides: Any) -> dict[str, Any]:
+    """Train and save the final checkpoint; every rank of a distributed job runs this."""
+    started = time.perf_counter()
+    trainer = _trainer(cfg, prepared, run_dir, **sft_overrides)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    steps = trainer.state.global_step
+    model, state_dict = _final_weights(trainer)  # a collective under ZeRO-3: every rank calls it
+    if trainer.is_world_process_zero():
+        save_final_checkpoint(model, prepared.tokenizer, run_dir / FINAL_DIR, {**lineage, "steps": steps},
+                              dtype=_base_dtype(prepared.model_location), state_dict=state_dict)
+    trainer.accelerator.wait_for_everyone()
+    summary = _summary(trainer, prepared, resume, wall_s=time.perf_counter() - started)
+    summary["world_size"] = trainer.accelerator.num_processes
     return summary
 
 
@@ -99,7 +125,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     _check_trainer(cfg.trainer)
     model_spec = OmegaConf.to_container(cfg.model, resolve=True)
     check_model_spec(model_spec, cfg.scale)  # a missing model.path fails here, before any data work
-    records, origin = _load_records(cfg)
+    records, origin, ids_matched = _load_records(cfg)
     contamination, records = _drop_contaminated(cfg, records, origin)
     resolved = resolve_model(model_spec, cfg.paths.cache, scale=cfg.scale)
     tokenizer = _load_tokenizer(resolved.location, cfg.model.name)
@@ -115,28 +141,62 @@ def prepare(cfg: DictConfig) -> Prepared:
         base = parent.get("base_model") or base  # a checkpoint trained here keeps its original base
     return Prepared(model_location=resolved.location, base_model=base, tokenizer=tokenizer,
                     tokenized=tokenized, data_hash=digest, contamination=contamination,
-                    batching=effective_batching(cfg.trainer.batching, cfg.trainer.attn_implementation))
+                    batching=effective_batching(cfg.trainer.batching, cfg.trainer.attn_implementation),
+                    ids_matched=ids_matched)
 
 
 def _check_trainer(t: DictConfig) -> None:
-    if t.num_processes * t.num_machines > 1 or t.distributed == "zero3":
-        raise ConfigError(
-            f"trainer={t.name}: multi-process and ZeRO-3 training need the accelerate launcher, which "
-            "fgrft.train does not start yet; use trainer=cpu (CPU) or trainer=single_gpu (one GPU, "
-            "optionally with trainer.lora)")
+    if t.num_processes < 1 or t.num_machines < 1 or not 0 <= t.machine_rank < t.num_machines:
+        raise ConfigError("trainer.num_processes and trainer.num_machines must be >= 1 and "
+                          "0 <= trainer.machine_rank < trainer.num_machines")
+    if t.num_machines > 1 and not t.main_process_ip:
+        raise ConfigError(f"trainer={t.name}: num_machines={t.num_machines} needs trainer.main_process_ip "
+                          "(the address of machine_rank 0)")
+    if t.distributed == "zero3" and t.lora:
+        # Merging adapters needs the full weights on one rank; ZeRO-3 only has shards.
+        raise ConfigError(f"trainer={t.name}: trainer.lora with distributed=zero3 is not supported; "
+                          "use distributed=ddp for LoRA")
     if t.max_seq_len < 1 or t.micro_batch_size < 1 or t.grad_accum < 1:
         raise ConfigError("trainer.max_seq_len, trainer.micro_batch_size and trainer.grad_accum must be >= 1")
     if t.max_steps == 0 or (t.max_steps < 0 and t.epochs <= 0):
         raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.epochs > 0")
 
 
-def _load_records(cfg: DictConfig) -> tuple[list[TrainingRecord], str]:
+def _load_records(cfg: DictConfig) -> tuple[list[TrainingRecord], str, dict[str, Any] | None]:
+    """The training records, and for an arm restricted to the FGRFT question ids, how many matched."""
     spec = OmegaConf.to_container(cfg.data, resolve=True)
+    cache = str(Path(cfg.paths.cache) / "datasets")
+    fgrft_file = cfg.get("fgrft_records")
+    if spec.get("format") == "fgrft" and fgrft_file and not spec.get("path"):
+        spec["path"], spec["n"] = fgrft_file, None  # the ids are the file's: no second draw
     origin = spec.get("path") or f"data={spec.get('name')}"
-    records = load_training_records(spec, cache_dir=str(Path(cfg.paths.cache) / "datasets"))
+    ids = _fgrft_ids(cfg, cache) if spec.get("format") == "naive_cot" and not spec.get("path") else None
+    if ids is not None:
+        spec["n"] = None  # the FGRFT ids pick the questions, not a seeded draw of this set
+    records = load_training_records(spec, cache_dir=cache)
+    matched = None
+    if ids is not None:
+        ids_origin, wanted = ids
+        picked = select_records(records, wanted, key="stem_id")
+        matched = {"ids_from": ids_origin, "ids_requested": picked.requested, "ids_matched": picked.matched}
+        log.info("%s: %d of %d FGRFT question ids found (by stem_id) in %s", cfg.data.name, picked.matched,
+                 picked.requested, origin)
+        records = picked.records
     if not records:
         raise ValueError(f"{origin}: the training set is empty")
-    return records, origin
+    return records, origin, matched
+
+
+def _fgrft_ids(cfg: DictConfig, cache: str) -> tuple[str, list[str]] | None:
+    """Stem ids of the FGRFT arm's questions: ``fgrft_records``, or at toy scale the bundled sample."""
+    if cfg.get("fgrft_records"):
+        source, spec = cfg.fgrft_records, {"name": "fgrft_records", "path": cfg.fgrft_records, "format": "fgrft"}
+    elif cfg.scale == "toy":
+        source, spec = "data=sample", {"name": "sample", "format": "fgrft", "target_format": "thinking"}
+    else:
+        return None
+    # Stem ids: the naive-CoT set may lack parsed options, so ids over question+options would not join.
+    return source, [r.stem_id for r in load_training_records(spec, cache_dir=cache)]
 
 
 def _drop_contaminated(cfg: DictConfig, records: list[TrainingRecord],
@@ -194,15 +254,25 @@ def _training_template(tokenizer: Any, model: DictConfig) -> str:
 
 # --- 2. the trainer ---------------------------------------------------------------------
 
-def _trainer(cfg: DictConfig, prepared: Prepared, run_dir: Path):
+def _trainer(cfg: DictConfig, prepared: Prepared, run_dir: Path, **sft_overrides: Any):
     from datasets import Dataset
 
     from .trainer import build_trainer, sft_config
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    args = sft_config(trainer_cfg, output_dir=run_dir / CHECKPOINTS_DIR, batching=prepared.batching)
+    args = sft_config(trainer_cfg, output_dir=run_dir / CHECKPOINTS_DIR, batching=prepared.batching,
+                      **sft_overrides)
     dataset = Dataset.from_dict(prepared.tokenized.columns())
     return build_trainer(prepared.model_location, prepared.tokenizer, dataset, args, lora=trainer_cfg["lora"])
+
+
+def _final_weights(trainer: Any) -> tuple[Any, Any]:
+    """(model, consolidated state dict or None). ZeRO-3 ranks hold shards, so the weights are
+    gathered (onto rank 0) by a call every rank makes; otherwise the model holds them itself."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        return trainer.accelerator.unwrap_model(trainer.model), state_dict
+    return _inference_model(trainer), None
 
 
 def _inference_model(trainer: Any) -> Any:
@@ -247,6 +317,7 @@ def _summary(trainer: Any, prepared: Prepared, resumed_from: Path | None, *, wal
         "data_hash": prepared.data_hash,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "contamination": prepared.contamination,
+        **(prepared.ids_matched or {}),
     }
 
 

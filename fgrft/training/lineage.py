@@ -83,14 +83,27 @@ def read_lineage(checkpoint: str | Path) -> dict[str, Any] | None:
 
 
 def save_final_checkpoint(model: Any, tokenizer: Any, directory: str | Path, lineage: Mapping[str, Any],
-                          dtype: Any = None) -> Path:
-    """Save model (cast to ``dtype``), tokenizer and lineage atomically into ``directory``."""
+                          dtype: Any = None, state_dict: Mapping[str, Any] | None = None) -> Path:
+    """Save model (cast to ``dtype``), tokenizer and lineage atomically into ``directory``.
+
+    ``state_dict``: the consolidated weights when the model's own parameters are
+    ZeRO-3 shards (empty on every rank); ``model`` then only supplies config and names.
+    """
     target = Path(directory)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if dtype is not None:
+    extra: dict[str, Any] = {}
+    if state_dict is not None:
+        extra["state_dict"] = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+                               for k, v in state_dict.items()}
+    elif dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **extra)
+    if state_dict is not None and dtype is not None:
+        # save_pretrained names the dtype of the (ZeRO-3 shell) parameters; the file holds ``dtype``.
+        config = json.loads((tmp / "config.json").read_text())
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(tmp)
     (tmp / LINEAGE_FILE).write_text(json.dumps(dict(lineage), indent=2) + "\n")
     if target.exists():
