@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fgrft.models.engine import cpu_has_native_bf16
+
 from fgrft.pipeline.server import EmbeddedServer, ServerError, server_command
 
 # A stand-in server: answers /health after a moment and keeps a child of its own, like vLLM's
@@ -65,8 +67,9 @@ def test_server_command_has_the_runtime_flags(tmp_path):
     cmd = server_command(tmp_path, 8123)
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
+    dtype = "bfloat16" if cpu_has_native_bf16() else "float32"
     for flag in ("--enforce-eager", "--no-enable-chunked-prefill", "--generation-config vllm",
-                 "--dtype bfloat16", "--host 127.0.0.1", "--port 8123", "--served-model-name smol",
+                 f"--dtype {dtype}", "--host 127.0.0.1", "--port 8123", "--served-model-name smol",
                  "--max-model-len 4096"):
         assert flag in joined, flag
     assert "--gpu-memory-utilization" not in joined
