@@ -1,4 +1,4 @@
-"""Suite-wide fixtures. Tests never read ../shared and never reach the network."""
+"""Suite-wide fixtures. Tests use only the fixtures the project ships and never reach the network."""
 import os
 
 import pytest
