@@ -323,7 +323,7 @@ class Engine:
                 self._account(ep, Usage(), cached=True)
             else:
                 try:
-                    response, retries = await self._fetch(ep, request, tokens)
+                    response, retries = await self._fetch(ep, request, tokens, key)
                 except (FatalAPIError, RetryExhaustedError) as exc:
                     if isinstance(exc, FatalAPIError) and self._stopped is None:
                         self._stopped = exc
@@ -332,11 +332,6 @@ class Engine:
                     self._emit(TraceEvent(id, step, attempt, key, False, ep.cfg.model,
                                           Usage(), 0.0, outcome))
                     raise
-                # Charged before anything can yield to the event loop: the lane slot was just
-                # released, and the next call must see this spend when it checks the budget.
-                self._account(ep, _usage(response), cached=False)
-                if response.get("well_formed"):
-                    await self._cache_put(key, response)
             result = _interpret(response, schema, ep.cfg.model, allow_length)
             result.attempt, result.cache_key, result.cached, result.retries = attempt, key, cached, retries
             if cached:
@@ -355,8 +350,9 @@ class Engine:
             raise OutputError(message, result)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _fetch(self, ep: Endpoint, request: dict, tokens: int) -> tuple[dict, int]:
-        """Send one attempt through the lane and the transport retry owner."""
+    async def _fetch(self, ep: Endpoint, request: dict, tokens: int, key: str) -> tuple[dict, int]:
+        """Send one attempt through the lane and the transport retry owner; charge and cache
+        its answer before the lane slot is given back."""
         client = self._client(ep)
         timeout = ep.cfg.timeout_s
         # The request dict is exactly what ``chat.completions.create(**request)`` takes, but it
@@ -379,7 +375,15 @@ class Engine:
                 async with asyncio.timeout(timeout):
                     response = await client.post("/chat/completions", body=body,
                                                  cast_to=httpx2.Response, options=options)
-                return _parse_body(response.text, self.clock.now() - start)
+                answer = _parse_body(response.text, self.clock.now() - start)
+                # Both inside the slot. Charged first, before anything yields to the event
+                # loop, so the next call sees this spend when it checks the budget; committed
+                # before the slot is freed, so a kill -9 at any moment loses at most
+                # `concurrency` paid answers per lane (the calls truly in flight).
+                self._account(ep, _usage(answer), cached=False)
+                if answer.get("well_formed"):
+                    await self._cache_put(key, answer)
+                return answer
 
         where = {"endpoint": ep.cfg.label, "base_url": ep.cfg.base_url, "model": ep.cfg.model}
         return await call_with_retries(try_once, lane=ep.lane, policy=self.retry, rng=self._rng,
