@@ -31,14 +31,12 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from fgrft.testing.fault_server import FaultServer
+from fgrft.testing.fault_server import FaultServer, ServerProcess
 
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string", "maxLength": 200}},
           "required": ["echo"], "additionalProperties": False}
@@ -77,43 +75,27 @@ class ServerHandle:
 
     def __init__(self, latency_s: float, mode: str = "process"):
         self.latency_s, self.mode = latency_s, mode
-        self._proc: subprocess.Popen | None = None
+        self._child: ServerProcess | None = None
         self._server: SpanServer | None = None
         self.base_url = ""
 
     def __enter__(self) -> "ServerHandle":
         if self.mode == "thread":
             self._server = SpanServer(latency_s=self.latency_s).start()
-            self.base_url = self._server.base_url
-            return self
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "fgrft.bench.engine_throughput", "--serve",
-             "--latency-s", str(self.latency_s)],
-            stdout=subprocess.PIPE, text=True)
-        line = self._proc.stdout.readline().strip()
-        if not line.startswith("READY "):
-            self._proc.kill()
-            raise RuntimeError(f"fault server did not start: {line!r}")
-        self.base_url = line.split(" ", 1)[1]
+        else:
+            self._child = ServerProcess(["-m", "fgrft.bench.engine_throughput", "--serve",
+                                         "--latency-s", str(self.latency_s)]).__enter__()
+        self.base_url = (self._server or self._child).base_url
         return self
 
     def stats(self) -> dict:
-        if self._server is not None:
-            return self._server.stats()
-        root = self.base_url.rsplit("/v1", 1)[0]
-        with urllib.request.urlopen(root + "/stats", timeout=10) as response:
-            return json.loads(response.read())
+        return (self._server or self._child).stats()
 
     def __exit__(self, *exc) -> None:
         if self._server is not None:
             self._server.stop()
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._child is not None:
+            self._child.__exit__(*exc)
 
 
 def serve(latency_s: float) -> None:

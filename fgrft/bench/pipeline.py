@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from fgrft.testing.fault_server import Action, Request, reply, reply_json
+from fgrft.testing.fault_server import Action, Request, ServerProcess, reply, reply_json
 
 MODEL = "bench-model"
 _GOLD = re.compile(r'"gold": "([A-N]): ')
@@ -137,40 +137,6 @@ def generate_command(base_url: str, source: Path, concurrency: int) -> list[str]
             f"source.path={source}", "benchmark=sample"]
 
 
-class BenchServer:
-    """The fault server with :class:`StepResponder`, in a child process."""
-
-    def __init__(self, latency_s: float):
-        self.latency_s = latency_s
-        self.proc: subprocess.Popen | None = None
-        self.base_url = ""
-
-    def __enter__(self) -> "BenchServer":
-        self.proc = subprocess.Popen([sys.executable, "-m", "fgrft.bench.pipeline", "--serve",
-                                      "--latency-s", str(self.latency_s)],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise RuntimeError(f"bench server did not start: {line!r}")
-        self.base_url = line.split(" ", 1)[1]
-        return self
-
-    def stats(self) -> dict:
-        import urllib.request
-
-        with urllib.request.urlopen(self.base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10) as r:
-            return json.loads(r.read())
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def serve(latency_s: float) -> None:
     from fgrft.bench.engine_throughput import SpanServer
 
@@ -181,7 +147,7 @@ def run(questions: int, concurrency: int, latency_s: float) -> dict:
     out: dict[str, Any] = {"questions": questions, "concurrency": concurrency,
                            "latency_s": latency_s, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="fgrft-bench-pipeline-") as tmp, \
-            BenchServer(latency_s) as server:
+            ServerProcess(["-m", "fgrft.bench.pipeline", "--serve", "--latency-s", str(latency_s)]) as server:
         root = Path(tmp)
         source = root / "questions.json"
         write_questions(source, questions)

@@ -28,8 +28,11 @@ import asyncio
 import collections
 import http
 import json
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -414,6 +417,43 @@ class FaultServer:
         except ConnectionError:
             return False
         return True
+
+
+class ServerProcess:
+    """A server in a child process, so that its event loop does not share the caller's CPU
+    time slices: ``with ServerProcess(["-m", "fgrft.testing.fault_server"]) as s: s.base_url``.
+
+    ``args`` follow ``python``; the child prints ``READY <base_url>`` once it listens (what
+    :meth:`FaultServer.serve_forever` does) and is terminated on exit.
+    """
+
+    def __init__(self, args: list[str]):
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.proc = subprocess.Popen([sys.executable, *self.args], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("READY "):
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"server {' '.join(self.args)!r} did not start: {line!r}")
+        self.base_url = line.split(" ", 1)[1]
+        return self
+
+    def stats(self) -> dict:
+        """The child's ``GET /stats`` answer."""
+        with urllib.request.urlopen(self.base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
