@@ -419,9 +419,13 @@ def test_trl_accepts_the_training_templates(tiny_path):
         assert trl_utils.get_training_chat_template(tok) is None, family
 
 
+def _encode_question(tok, question: str) -> dict:
+    return tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                   return_tensors="pt", return_dict=True)
+
+
 def _greedy(model, tok, question: str, max_new_tokens: int = 24) -> str:
-    enc = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    enc = _encode_question(tok, question)
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
     return tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -433,8 +437,7 @@ def test_tiny_loads_and_generates_in_transformers(tiny_path):
     tok = AutoTokenizer.from_pretrained(tiny_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_path)
     assert model.dtype == torch.bfloat16
-    enc = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    enc = _encode_question(tok, "hello")
     out = model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert out.shape[1] == enc["input_ids"].shape[1] + 8
 

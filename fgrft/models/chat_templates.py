@@ -71,6 +71,19 @@ CHATML_TRAINING_CHAT_TEMPLATE = (
 
 # --- Llama 3 / 3.1 ----------------------------------------------------------
 
+# The message loop's body and the generation prompt, shared by both Llama-3 training
+# templates: only the assistant's content (and its <|eot_id|>) is marked for the loss.
+_LLAMA3_MESSAGES_AND_PROMPT = (
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+    "{% else %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
 # Training twin of Llama-3.1-Instruct's template for conversations without
 # tools. Like the stock one it always opens with a system block carrying the
 # "Cutting Knowledge Date" / "Today Date" lines (the date defaults to the one
@@ -90,14 +103,7 @@ LLAMA31_TRAINING_CHAT_TEMPLATE = (
     "{{ 'Cutting Knowledge Date: December 2023\nToday Date: ' + date_string + '\n\n' }}"
     "{{ system_message + '<|eot_id|>' }}"
     "{% for message in loop_messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
-    "{% else %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    + _LLAMA3_MESSAGES_AND_PROMPT
 )
 
 # Training twin of Llama-3(.0)-Instruct's template (no system block unless the
@@ -106,14 +112,7 @@ LLAMA31_TRAINING_CHAT_TEMPLATE = (
 LLAMA3_TRAINING_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
-    "{% generation %}{{ message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
-    "{% else %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    + _LLAMA3_MESSAGES_AND_PROMPT
 )
 
 # Family name -> training template, keyed by the name with "-", "_" and "."
