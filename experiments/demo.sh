@@ -28,7 +28,7 @@ checkpoint=$(ls -td outputs/train/$EXP/*/checkpoint | head -1)
 echo "checkpoint: $checkpoint"
 
 step "Stage 3: base vs fine-tuned at temperatures 0.5 and 0.7"
-common=(experiment_name=$EXP benchmark=sample benchmark.limit=8 temperature.max_new_tokens=128)
+common=(experiment_name=$EXP benchmark=sample benchmark.limit=8 temperature.max_new_tokens=96)
 $PY -m fgrft.evaluate -m "${common[@]}" model=smol temperature=t0.5,t0.7
 # Same label, so the report pairs them (fine-tuned vs base, told apart by the checkpoint's lineage).
 $PY -m fgrft.evaluate -m "${common[@]}" model=smol model.path="$PWD/$checkpoint" temperature=t0.5,t0.7
