@@ -25,7 +25,7 @@ from fgrft.models import (
     write_training_chat_template,
 )
 from fgrft.models import chat_templates as ct
-from fgrft.models.engine import cpu_has_native_bf16
+from fgrft.models.engine import cpu_engine_env, cpu_has_native_bf16
 from fgrft.models import embedded
 
 # --- stock templates written from memory (test fixtures, not shipped code) ----
@@ -481,6 +481,12 @@ def test_vllm_engine_kwargs_cpu_and_gpu_profiles(tmp_path):
     gpu = vllm_engine_kwargs(tmp_path, cpu=False, tensor_parallel_size=8)
     assert "enforce_eager" not in gpu and gpu["gpu_memory_utilization"] == 0.9 and gpu["tensor_parallel_size"] == 8
     assert vllm_engine_kwargs(tmp_path, cpu=True, enforce_eager=False)["enforce_eager"] is False
+
+
+def test_cpu_engine_reserves_no_core_on_small_hosts_unless_told():
+    assert cpu_engine_env({}, cpu_count=2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu_engine_env({}, cpu_count=64) == {}
+    assert cpu_engine_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, cpu_count=2) == {}
 
 
 def _texts(outputs) -> list[str]:

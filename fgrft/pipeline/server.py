@@ -125,8 +125,11 @@ class EmbeddedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting the embedded vLLM server on %s (log: %s)", self.base_url, self.log_path)
         self._catch_sigterm()
+        from fgrft.models.engine import cpu_engine_env
+
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **cpu_engine_env()},
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          preexec_fn=_die_with_parent)
         try:
