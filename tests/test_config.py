@@ -108,6 +108,10 @@ def test_toy_keeps_labels_and_what_a_preset_compares():
     cfg = apply_scale(validate(_compose("train", ["+experiment=ablation_naive", "data=naive_cot_5k_structured",
                                                   "scale=toy"]), "train"))
     assert (cfg.data.name, cfg.data.format, cfg.data.target_format) == ("sample_naive", "naive_cot", "thinking")
+    # few steps at the thesis's 5e-6 would leave the arms indistinguishable; a larger rate is kept
+    assert cfg.trainer.max_steps == 4 and cfg.trainer.learning_rate == 1e-4
+    cfg = apply_scale(validate(_compose("train", ["trainer.learning_rate=3e-3", "scale=toy"]), "train"))
+    assert cfg.trainer.learning_rate == 3e-3
 
 
 def test_toy_keeps_an_explicit_checkpoint_path():

@@ -12,6 +12,9 @@ from omegaconf import DictConfig, open_dict
 TOY_BENCHMARK_LIMIT = 8
 TOY_MAX_NEW_TOKENS = 96
 TOY_TRAIN_STEPS = 4
+# The thesis's 5e-6 for 4 steps moves smol by less than bf16 resolution in most weights:
+# the three ablation arms then evaluated byte-identically. A toy run must show its arms apart.
+TOY_MIN_LEARNING_RATE = 1e-4
 TOY_SOURCE_N = 4
 TOY_GENERATION_TOKENS = 384
 
@@ -67,6 +70,7 @@ def _toy_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
     t.max_steps = min(t.max_steps, TOY_TRAIN_STEPS) if t.max_steps > 0 else TOY_TRAIN_STEPS
     t.save_steps = min(t.save_steps, TOY_TRAIN_STEPS)
+    t.learning_rate = max(t.learning_rate, TOY_MIN_LEARNING_RATE)
     t.max_seq_len = min(t.max_seq_len, 1024)
     t.grad_accum = 1
     t.micro_batch_size = min(t.micro_batch_size, 2)
