@@ -1,5 +1,5 @@
 """`python -m fgrft.train` starts distributed training itself: a real 2-process data-parallel job
-over gloo and a 2-process ZeRO-3 job on CPU, each rank recording the world it saw; the ZeRO-3
+over gloo and ZeRO-3 jobs of 1 and 2 processes on CPU, each rank recording the world it saw; the ZeRO-3
 checkpoint is consolidated and reloads in a fresh process. The launch settings are generated
 from the trainer group (the thesis's 2 x 8 x 8 = 128)."""
 from __future__ import annotations
@@ -103,16 +103,17 @@ def test_two_process_data_parallel_over_gloo(tmp_path, model_cache_dir, tiny_pat
 
 
 @pytest.mark.slow
-def test_zero3_on_two_cpu_processes_saves_a_consolidated_checkpoint(tmp_path, model_cache_dir, tiny_path):
-    run_dir = _train(tmp_path, model_cache_dir, "trainer=cpu_zero3")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_zero3_on_cpu_processes_saves_a_consolidated_checkpoint(processes, tmp_path, model_cache_dir, tiny_path):
+    run_dir = _train(tmp_path, model_cache_dir, "trainer=cpu_zero3", f"trainer.num_processes={processes}")
     ds = json.loads((run_dir / "deepspeed.json").read_text())
-    assert ds["zero_optimization"]["stage"] == 3 and ds["train_batch_size"] == 4
+    assert ds["zero_optimization"]["stage"] == 3 and ds["train_batch_size"] == 2 * processes
     for r in _ranks(run_dir):
-        assert r["num_processes"] == r["env_world_size"] == 2
+        assert r["num_processes"] == r["env_world_size"] == processes
         assert r["backend"] == "gloo" and r["distributed_type"].endswith("DEEPSPEED")
-    assert len(_ranks(run_dir)) == 2
+    assert len(_ranks(run_dir)) == processes
     s = json.loads((run_dir / "summary.json").read_text())
-    assert s["world_size"] == 2 and s["steps"] == 3
+    assert s["world_size"] == processes and s["steps"] == 3
     _, run = _only_run(tmp_path)
     assert run.info.status == "FINISHED"
     # A fresh process (no DeepSpeed state) loads full, trained weights in the base dtype.
