@@ -484,9 +484,10 @@ def test_vllm_engine_kwargs_cpu_and_gpu_profiles(tmp_path):
 
 
 def test_cpu_engine_reserves_no_core_on_small_hosts_unless_told():
-    assert cpu_engine_env({}, cpu_count=2) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    assert cpu_engine_env({}, cpu_count=64) == {}
-    assert cpu_engine_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, cpu_count=2) == {}
+    assert cpu_engine_env({}, cpu_count=2, cpu=True) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert cpu_engine_env({}, cpu_count=64, cpu=True) == {}
+    assert cpu_engine_env({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, cpu_count=2, cpu=True) == {}
+    assert cpu_engine_env({}, cpu_count=2, cpu=False) == {}  # a GPU engine is left as vLLM sets it
 
 
 def _texts(outputs) -> list[str]:

@@ -50,7 +50,7 @@ def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[Generat
     # The engine lives in its own process per job: vLLM engines leak memory between
     # multirun jobs in one process, and a crash there cannot take the sweep down.
     from fgrft.inference.vllm import engine_kwargs
-    from fgrft.models.engine import cpu_engine_env, cuda_available
+    from fgrft.models.engine import cpu_engine_env
 
     spec = {
         "model_path": model_path,
@@ -63,7 +63,7 @@ def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[Generat
     spec_path = run_dir / VLLM_REQUEST_FILE
     spec_path.write_text(json.dumps(spec))
     try:
-        env = {**os.environ, **({} if cuda_available() else cpu_engine_env())}
-        subprocess.run([sys.executable, "-m", "fgrft.inference.vllm", str(spec_path)], check=True, env=env)
+        subprocess.run([sys.executable, "-m", "fgrft.inference.vllm", str(spec_path)], check=True,
+                       env={**os.environ, **cpu_engine_env()})
     finally:
         spec_path.unlink(missing_ok=True)

@@ -49,8 +49,11 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def cpu_engine_env(environ: Mapping[str, str] | None = None, cpu_count: int | None = None) -> dict[str, str]:
-    """Environment variables for a vLLM CPU engine started on a small host.
+def cpu_engine_env(environ: Mapping[str, str] | None = None, cpu_count: int | None = None, *,
+                   cpu: bool | None = None) -> dict[str, str]:
+    """Environment variables to add for a vLLM engine process; none for a GPU engine.
+
+    ``cpu`` defaults to "no CUDA device visible", as in :func:`vllm_engine_kwargs`.
 
     vLLM's CPU build keeps one core for its engine loop and binds the worker's
     compute threads to the others; on a 2-core host that leaves the model one
@@ -59,9 +62,11 @@ def cpu_engine_env(environ: Mapping[str, str] | None = None, cpu_count: int | No
     8 bundled questions: 413 -> 278 s). So on hosts with at most
     ``SMALL_HOST_CPUS`` CPUs nothing is reserved; a value the user set wins.
     """
+    if cpu is None:
+        cpu = not cuda_available()
     environ = os.environ if environ is None else environ
     cpu_count = (os.cpu_count() or 1) if cpu_count is None else cpu_count
-    if "VLLM_CPU_NUM_OF_RESERVED_CPU" in environ or cpu_count > SMALL_HOST_CPUS:
+    if not cpu or "VLLM_CPU_NUM_OF_RESERVED_CPU" in environ or cpu_count > SMALL_HOST_CPUS:
         return {}
     return {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
@@ -126,7 +131,7 @@ def start_vllm_engine(path: str | Path, *, in_process: bool = False, **kwargs: A
 
     settings = vllm_engine_kwargs(path, **kwargs)
     if not in_process:
-        with _env(**({} if cuda_available() else cpu_engine_env())):
+        with _env(**cpu_engine_env()):
             return LLM(**settings)
     import torch
 

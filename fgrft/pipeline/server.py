@@ -129,7 +129,7 @@ class EmbeddedServer:
 
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **cpu_engine_env()},
+                                         env={**os.environ, **cpu_engine_env(cpu=True)},
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          preexec_fn=_die_with_parent)
         try:
