@@ -13,22 +13,13 @@ from fgrft.tracking import TrackedRun, run_stage
 
 JobFn = Callable[[DictConfig, TrackedRun], Any]
 
-# Exit status of an entrypoint whose stage is not built yet.
-NOT_IMPLEMENTED_EXIT = 3
 
-
-def hydra_entry(stage: str, job_fn: JobFn | None) -> Callable[[], Any]:
+def hydra_entry(stage: str, job_fn: JobFn) -> Callable[[], Any]:
     """A Hydra app for `stage` that runs `job_fn` inside the tracked task wrapper."""
     register_resolvers()
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
-        if job_fn is None:
-            from fgrft.config import validate
-
-            validate(cfg, stage)
-            print(f"fgrft.{stage}: config composed and validated; this stage is not implemented yet.")
-            sys.exit(NOT_IMPLEMENTED_EXIT)
         return run_stage(stage, cfg, job_fn)
 
     def main() -> Any:
