@@ -212,3 +212,51 @@ def test_launcher_refuses_nodes_set_apart_from_num_machines():
     with pytest.raises(ValueError, match="tasks_per_node=8"):
         _check_nodes({"nodes": 2, "tasks_per_node": 8}, cfg, [[]])
     _check_nodes({"nodes": 1}, OmegaConf.create({"model": {}}), [[]])  # evaluate: no trainer, no check
+
+
+def test_launcher_runs_the_job_on_node0_only_and_sends_the_others_to_its_run_directory(slurm_env, tmp_path,
+                                                                                    monkeypatch):
+    """The launcher's callable as SLURM starts it on each node (submitit's SLURM job environment)."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.core.singleton import Singleton
+    from hydra.types import HydraContext, RunMode
+
+    from fgrft.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    overrides = ["hydra/launcher=slurm", "trainer=zero3_8gpu", "trainer.num_machines=2",
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.seed=42,43"]
+    cfg = loader.load_configuration("train", overrides, RunMode.MULTIRUN)
+    ran: list[str] = []
+
+    def task(task_cfg):
+        ran.append(HydraConfig.get().runtime.output_dir)
+        assert task_cfg.trainer.num_machines == 2
+
+    launcher = Plugins.instance().instantiate_launcher(
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(cfg)), task_function=task, config=cfg)
+    followed: list[tuple] = []
+    monkeypatch.setattr(slurm, "follow_main_node", lambda run_dir, trainer, wait_s: followed.append(
+        (run_dir, trainer["num_machines"], trainer["grad_accum"], wait_s)))
+    job = ["trainer=zero3_8gpu", "trainer.num_machines=2", "trainer.seed=43"]  # as the sweeper passes them
+
+    slurm_env(1, SLURM_JOB_NODELIST="n[1-2]", SLURM_JOB_NUM_NODES="2", SLURM_NTASKS="2")
+    assert launcher(job, "hydra.sweep.dir", 0, "j0", Singleton.get_state()) is None
+    assert not ran and len(followed) == 1
+    follower_dir, machines, accum, wait_s = followed[0]
+    assert (machines, accum, wait_s) == (2, 4, 900)
+    assert not follower_dir.exists()  # a follower writes nothing of Hydra's (no job log, no .hydra/)
+
+    slurm_env(0, SLURM_JOB_NODELIST="n[1-2]", SLURM_JOB_NUM_NODES="2", SLURM_NTASKS="2")
+    result = launcher(job, "hydra.sweep.dir", 0, "j0", Singleton.get_state())
+    assert result.status.name == "COMPLETED" and len(followed) == 1
+    assert ran == [str(follower_dir)]  # node 0's job ran in the very directory the follower waits in
+    assert (follower_dir / ".hydra").is_dir()
+    assert json.loads((follower_dir / "nodes" / "main_done.json").read_text()) == {"job_id": "73512"}
