@@ -26,7 +26,7 @@ def _trainer(*overrides: str) -> dict:
 
 @pytest.fixture
 def slurm_env(monkeypatch):
-    for var in (*slurm.REQUIRED_VARS, "SLURM_NTASKS", "SLURM_PROCID"):
+    for var in (*slurm.REQUIRED_VARS, "SLURM_NTASKS", "SLURM_PROCID", "SLURM_RESTART_COUNT"):
         monkeypatch.delenv(var, raising=False)
 
     def set_env(node: int, **changes: str | None) -> None:
@@ -160,12 +160,14 @@ def test_a_follower_that_cannot_see_node0s_marker_fails_saying_so(slurm_env, tmp
     t = _trainer("trainer.num_machines=2")
     with pytest.raises(RuntimeError, match="node 0's marker .* is not visible .* filesystem shared with node 0"):
         slurm.follow_main_node(tmp_path, t, wait_s=0.2)
-    # A marker left by an earlier SLURM job is not this job's.
+    # A marker left by an earlier SLURM job, or by this job before SLURM requeued it, is not this attempt's.
     (tmp_path / "nodes").mkdir()
-    (tmp_path / "nodes" / "main.json").write_text(json.dumps({"job_id": "111", "main_process_ip": "n1",
-                                                              "main_process_port": 30012}))
-    with pytest.raises(RuntimeError, match="is not visible"):
-        slurm.follow_main_node(tmp_path, t, wait_s=0.2)
+    for earlier in ("111", "73512"):
+        (tmp_path / "nodes" / "main.json").write_text(json.dumps({"job_id": earlier, "main_process_ip": "n1",
+                                                                  "main_process_port": 30012}))
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        with pytest.raises(RuntimeError, match=r"is not visible"):
+            slurm.follow_main_node(tmp_path, t, wait_s=0.2)
 
 
 def test_a_follower_acknowledges_and_stops_when_node0_ends_without_launching(slurm_env, tmp_path, monkeypatch):

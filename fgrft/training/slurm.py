@@ -16,8 +16,8 @@ SLURM_JOB_ID mod 1000`` (two jobs sharing a node do not collide).
 
 Markers in ``<run_dir>/nodes/``: ``main.json`` (node 0 is up), ``node<k>.json`` (node k sees it),
 ``launch.json`` (the launch files are written: start), ``main_done.json`` (node 0's job returned).
-Each names the SLURM job, so markers left by an earlier attempt of the same command are never taken
-for this one's.
+Each names the SLURM job and its restart count (a requeued job keeps its id), so markers left by an
+earlier attempt are never taken for this one's.
 
 Without SLURM, ``python -m fgrft.training.slurm plan [overrides]`` prints the launch plan a node would
 follow from the SLURM variables set in the environment, and ``python -m fgrft.training.slurm follow
@@ -75,6 +75,13 @@ def under_slurm(env: Mapping[str, str] | None = None) -> bool:
     return bool((os.environ if env is None else env).get("SLURM_JOB_ID"))
 
 
+def job_key(env: Mapping[str, str] | None = None) -> str:
+    """The SLURM job and attempt that markers must name: a requeued job keeps its SLURM_JOB_ID."""
+    env = os.environ if env is None else env
+    restart = env.get("SLURM_RESTART_COUNT", "0")
+    return env["SLURM_JOB_ID"] + (f".restart{restart}" if restart not in ("", "0") else "")
+
+
 def slurm_num_nodes(env: Mapping[str, str] | None = None) -> int:
     value = (os.environ if env is None else env).get("SLURM_JOB_NUM_NODES") or "1"
     return int(value) if value.isdigit() else 1
@@ -112,7 +119,7 @@ def node_plan(trainer: Mapping[str, Any]) -> NodePlan:
                           f"SLURM_JOB_NUM_NODES={job.num_nodes}")
     if not 0 <= job.node < job.num_nodes:
         raise ConfigError(f"SLURM_NODEID={job.node} is outside 0..{job.num_nodes - 1}")
-    return NodePlan(job_id=env["SLURM_JOB_ID"], machine_rank=job.node, num_machines=job.num_nodes,
+    return NodePlan(job_id=job_key(env), machine_rank=job.node, num_machines=job.num_nodes,
                     hostnames=hosts, main_process_ip=hosts[0],
                     main_process_port=int(trainer["main_process_port"]) + int(env["SLURM_JOB_ID"]) % 1000,
                     processes_per_machine=int(trainer["num_processes"]))
@@ -172,9 +179,9 @@ def announce_launch(run_dir: Path, plan: NodePlan) -> None:
     _write_marker(run_dir, LAUNCH_MARKER, plan)
 
 
-def mark_main_done(run_dir: Path, job_id: str) -> None:
+def mark_main_done(run_dir: Path, job_id: str | None = None) -> None:
     """Node 0's job returned (trained, failed, or found the run already finished)."""
-    _write_json(run_dir / NODES_DIR / DONE_MARKER, {"job_id": job_id})
+    _write_json(run_dir / NODES_DIR / DONE_MARKER, {"job_id": job_id or job_key()})
 
 
 # --- nodes 1..N-1 -----------------------------------------------------------------------

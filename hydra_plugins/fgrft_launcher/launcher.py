@@ -38,7 +38,7 @@ class MultiNodeSlurmLauncher(SlurmLauncher):
             try:
                 return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
             finally:
-                slurm.mark_main_done(run_dir, os.environ["SLURM_JOB_ID"])
+                slurm.mark_main_done(run_dir)
         slurm.follow_main_node(run_dir, OmegaConf.to_container(cfg.trainer, resolve=True), cfg.node_wait_s)
         return None
 
