@@ -44,3 +44,13 @@ def test_summary_table_shows_failures_with_their_first_line():
     rows = gpu_check.table([{"step": "cuda", "ok": True, "seconds": 0.1, "name": "H100"},
                             {"step": "evaluate_vllm", "ok": False, "seconds": 3.0, "error": "exit status 1\ntail"}])
     assert "| cuda | yes | 0.1 | name=H100 |" in rows and "| evaluate_vllm | NO | 3.0 | exit status 1 |" in rows
+
+
+def test_plan_lists_every_step_without_running_any(tmp_path, capsys):
+    gpu_check = _gpu_check()
+    assert gpu_check.main(["--plan", "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("fgrft.train" in line and "trainer=single_gpu" in line for line in lines) == 4
+    assert any("trainer=zero3_8gpu trainer.num_processes=1 trainer.max_steps=10" in line for line in lines)
+    assert [line.split("inference=")[1].split()[0] for line in lines if "fgrft.evaluate" in line] == ["hf", "vllm"]
+    assert not (tmp_path / "out").exists()
