@@ -42,7 +42,7 @@ def sweep_key() -> str:
     return dirname_for(" ".join(command_overrides()))
 
 
-def grad_accum_for(global_batch: int, micro_batch: int, processes: int, machines: int) -> int:
+def grad_accum_for(global_batch: int | None, micro_batch: int, processes: int, machines: int) -> int:
     """Accumulation steps that keep ``global_batch`` over ``machines`` x ``processes`` ranks of ``micro_batch``."""
     if global_batch is None:
         raise ValueError("trainer.global_batch_size=null leaves trainer.grad_accum to you: set it too")
