@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fgrft-setup
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo bench reproduce ui clean
+.PHONY: help setup test demo bench reproduce ui clean gpu-check
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create .venv with the CPU profile (idempotent: a second run does nothing)
 
@@ -33,6 +33,10 @@ demo: setup ## The whole pipeline at toy scale, offline, on CPU
 
 bench: setup ## Benchmark scripts (speed and memory targets)
 	@bash experiments/bench.sh
+
+# No `setup` here: it installs the CPU profile. The host's own python, with the GPU profile installed.
+gpu-check: ## On a GPU host: bf16, packed/padded + flash-attn, ZeRO-3, vLLM in one go (no GPU: says so, exits 0)
+	$(PYTHON) experiments/gpu_check.py
 
 reproduce: setup ## The full chain for the thesis tables (DRY_RUN=1 prints the plan)
 	@bash experiments/reproduce.sh

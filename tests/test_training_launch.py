@@ -1,10 +1,12 @@
 """`python -m fgrft.train` starts distributed training itself: a real 2-process data-parallel job
 over gloo and ZeRO-3 jobs of 1 and 2 processes on CPU, each rank recording the world it saw; the ZeRO-3
-checkpoint is consolidated and reloads in a fresh process. The launch settings are generated
-from the trainer group (the thesis's 2 x 8 x 8 = 128)."""
+checkpoint is consolidated and reloads in a fresh process. Two SLURM nodes are simulated as two local
+process groups and must train exactly like one machine with two processes. The launch settings are
+generated from the trainer group (the thesis's 2 x 8 x 8 = 128)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +47,9 @@ def test_thesis_trainer_generates_zero3_with_effective_batch_128():
 def test_multi_node_keys_pass_through_to_accelerate(tmp_path):
     t = _trainer("trainer=zero3_8gpu", "trainer.num_machines=2", "trainer.machine_rank=1",
                  "trainer.main_process_ip=10.0.0.1", "trainer.main_process_port=29600")
-    assert deepspeed_config(t, bf16=True)["train_batch_size"] == 2 * 8 * 16
+    # The global batch stays the thesis's 128 over 16 ranks: accumulation 8 -> 4.
+    ds = deepspeed_config(t, bf16=True)
+    assert (ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2 * 4 * 16)
     cmd = write_launch_files({"trainer": t}, tmp_path, gpu=True, bf16=True)
     acc = yaml.safe_load((tmp_path / "accelerate.yaml").read_text())
     assert (acc["num_processes"], acc["num_machines"], acc["machine_rank"]) == (16, 2, 1)
@@ -66,10 +70,15 @@ def test_single_process_cpu_trainer_stays_in_process():
 def _train(root: Path, cache: Path, *overrides: str) -> Path:
     run_dir = root / "run"
     cmd = [sys.executable, "-m", "fgrft.train", *TINY, *overrides, f"paths.cache={cache}", f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, timeout=480)
+    done = subprocess.run(cmd, cwd=root, env=_rank_env(), capture_output=True, text=True, timeout=480)
     launch_log = (run_dir / "launch.log").read_text()[-4000:] if (run_dir / "launch.log").is_file() else ""
     assert done.returncode == 0, done.stderr[-3000:] + launch_log
     return run_dir
+
+
+def _rank_env() -> dict[str, str]:
+    # One thread per rank in every layout, so one machine and two simulated nodes compute alike.
+    return {**_env(), "OMP_NUM_THREADS": "1"}
 
 
 def _ranks(run_dir: Path) -> list[dict]:
@@ -102,10 +111,24 @@ def test_two_process_data_parallel_over_gloo(tmp_path, model_cache_dir, tiny_pat
     assert sorted(m.step for m in history) == [1, 2, 3]  # logged once per step: by rank 0 only
 
 
+@pytest.fixture(scope="module")
+def zero3_one_machine(tmp_path_factory, model_cache_dir, tiny_path) -> Path:
+    """ZeRO-3 on one machine with two CPU processes: checked below, and the reference of the two-node run."""
+    root = tmp_path_factory.mktemp("zero3_one_machine")
+    _train(root, model_cache_dir, "trainer=cpu_zero3", "trainer.num_processes=2")
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_zero3_on_cpu_processes_saves_a_consolidated_checkpoint(processes, tmp_path, model_cache_dir, tiny_path):
-    run_dir = _train(tmp_path, model_cache_dir, "trainer=cpu_zero3", f"trainer.num_processes={processes}")
+def test_zero3_on_cpu_processes_saves_a_consolidated_checkpoint(processes, tmp_path, model_cache_dir, tiny_path,
+                                                                request):
+    if processes == 2:
+        root = request.getfixturevalue("zero3_one_machine")
+    else:
+        root = tmp_path
+        _train(root, model_cache_dir, "trainer=cpu_zero3", f"trainer.num_processes={processes}")
+    run_dir = root / "run"
     ds = json.loads((run_dir / "deepspeed.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3 and ds["train_batch_size"] == 2 * processes
     for r in _ranks(run_dir):
@@ -114,7 +137,7 @@ def test_zero3_on_cpu_processes_saves_a_consolidated_checkpoint(processes, tmp_p
     assert len(_ranks(run_dir)) == processes
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["world_size"] == processes and s["steps"] == 3
-    _, run = _only_run(tmp_path)
+    _, run = _only_run(root)
     assert run.info.status == "FINISHED"
     # A fresh process (no DeepSpeed state) loads full, trained weights in the base dtype.
     probe = (
@@ -130,6 +153,70 @@ def test_zero3_on_cpu_processes_saves_a_consolidated_checkpoint(processes, tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen == {"dtype": "torch.bfloat16", "same_shapes": True, "nonempty": True, "changed": True}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    return weights
+
+
+@pytest.mark.slow
+def test_two_slurm_nodes_simulated_train_like_one_machine(tmp_path, model_cache_dir, tiny_path, zero3_one_machine):
+    """Two "nodes" as two local process groups with a 2-node SLURM job's variables, one CPU rank each."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "trainer=cpu_zero3", "trainer.num_processes=1", "trainer.num_machines=2",
+                 f"trainer.main_process_port={_free_port()}", f"paths.cache={model_cache_dir}", "node_wait_s=300"]
+    # SLURM_JOB_ID 7000: port offset 7000 mod 1000 = 0, so the free port above is the one used.
+    job = {"SLURM_JOB_ID": "7000", "SLURM_JOB_NODELIST": "localhost,localhost", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NTASKS": "2", "SLURM_LOCALID": "0"}
+    node = {k: {**_rank_env(), **job, "SLURM_NODEID": str(k), "SLURM_PROCID": str(k)} for k in (0, 1)}
+    main = subprocess.Popen([sys.executable, "-m", "fgrft.train", *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=node[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    follower = subprocess.Popen([sys.executable, "-m", "fgrft.training.slurm", "follow", str(run_dir), *overrides],
+                                cwd=tmp_path, env=node[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out1 = follower.communicate(timeout=600)[0]
+        out0 = main.communicate(timeout=600)[0]
+    finally:
+        for p in (main, follower):
+            p.kill() if p.poll() is None else None
+    assert main.returncode == 0, out0[-3000:]
+    assert follower.returncode == 0, out1[-3000:]
+
+    ranks = _ranks(run_dir)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:  # each "node" ran one process, and both saw the one world of 2
+        assert r["num_processes"] == r["env_world_size"] == 2 and r["process_index"] == r["rank"]
+        assert r["backend"] == "gloo" and r["distributed_type"].endswith("DEEPSPEED")
+    node1 = yaml.safe_load((run_dir / "nodes" / "node1" / "accelerate.yaml").read_text())
+    assert (node1["machine_rank"], node1["num_machines"], node1["num_processes"]) == (1, 2, 2)
+    assert (run_dir / "nodes" / "node1" / "launch.log").is_file()
+    assert json.loads((run_dir / "nodes" / "main.json").read_text())["main_process_ip"] == "localhost"
+
+    reference = zero3_one_machine / "run"
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference))
+    print(f"final loss: two nodes x 1 process {ours['final_loss']!r}, one machine x 2 processes {theirs['final_loss']!r}")
+    assert ours["steps"] == theirs["steps"] == 3 and ours["world_size"] == theirs["world_size"] == 2
+    assert ours["final_loss"] == pytest.approx(theirs["final_loss"], rel=1e-5, abs=1e-6)
+    a, b = _weights(run_dir / "checkpoint"), _weights(reference / "checkpoint")
+    assert sorted(a) == sorted(b) and a
+    for name in b:
+        assert a[name].dtype == b[name].dtype and torch.allclose(a[name].float(), b[name].float(), atol=1e-6), name
+    client, run = _only_run(tmp_path)  # node 1 opened no run
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3]
 
 
 # --- ablation arms on the same question ids ----------------------------------------------

@@ -42,9 +42,23 @@ def sweep_key() -> str:
     return dirname_for(" ".join(command_overrides()))
 
 
+def grad_accum_for(global_batch: int | None, micro_batch: int, processes: int, machines: int) -> int:
+    """Accumulation steps that keep ``global_batch`` over ``machines`` x ``processes`` ranks of ``micro_batch``."""
+    if global_batch is None:
+        raise ValueError("trainer.global_batch_size=null leaves trainer.grad_accum to you: set it too")
+    per_step = micro_batch * processes * machines
+    if global_batch < 1 or per_step < 1 or global_batch % per_step:
+        raise ValueError(f"trainer.global_batch_size={global_batch} is not a positive multiple of trainer.micro_batch_size "
+                         f"x trainer.num_processes x trainer.num_machines = {micro_batch} x {processes} x {machines} "
+                         f"= {per_step}")
+    return global_batch // per_step
+
+
 def register_resolvers() -> None:
     if OmegaConf.has_resolver("fgrft_cwd"):
         return
     OmegaConf.register_new_resolver("fgrft_cwd", lambda: os.getcwd(), use_cache=True)
     OmegaConf.register_new_resolver("fgrft_dirname", lambda s="": dirname_for(str(s)))
     OmegaConf.register_new_resolver("fgrft_sweep_key", sweep_key, use_cache=True)
+    # trainer.grad_accum of presets with a global batch: rescaled for the number of machines and processes.
+    OmegaConf.register_new_resolver("fgrft_grad_accum", grad_accum_for)

@@ -73,6 +73,7 @@ def _toy_trainer(cfg: DictConfig) -> None:
     t.learning_rate = max(t.learning_rate, TOY_MIN_LEARNING_RATE)
     t.max_seq_len = min(t.max_seq_len, 1024)
     t.grad_accum = 1
+    t.global_batch_size = None
     t.micro_batch_size = min(t.micro_batch_size, 2)
     t.gradient_checkpointing = False
     t.attn_implementation = "sdpa"

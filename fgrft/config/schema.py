@@ -154,6 +154,8 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16
     micro_batch_size: int = 2
     grad_accum: int = 1
+    # The preset's global batch (micro x accumulation x all ranks); null: grad_accum is taken as given.
+    global_batch_size: Optional[int] = None
     max_seq_len: int = 1024
     epochs: float = 3.0
     max_steps: int = -1
@@ -215,6 +217,8 @@ class TrainConfig(_EvaluationGroups, _Common):
     # The FGRFT records file (a Stage 1 records.jsonl) whose question ids every ablation arm trains on.
     fgrft_records: Optional[str] = None
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
+    # Multi-node (SLURM): how long the nodes wait for each other in the shared run directory.
+    node_wait_s: float = 900.0
 
 
 @dataclass

@@ -25,8 +25,8 @@ def engine_kwargs(model_path: str, inference: Any) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if inference.tensor_parallel_size > 1:
         overrides["tensor_parallel_size"] = inference.tensor_parallel_size
-    if inference.data_parallel_size > 1:
-        overrides["data_parallel_size"] = inference.data_parallel_size
+    # data_parallel_size is not an engine setting here: the offline engine of the pinned vLLM refuses
+    # it, so fgrft.inference.backends starts one engine per data-parallel rank instead.
     if inference.enforce_eager is not None:
         overrides["enforce_eager"] = inference.enforce_eager
     if inference.dtype != "auto":

@@ -11,6 +11,8 @@
 * ``launch`` / ``distributed`` / ``worker``: more processes or ZeRO-3: the job generates the
   accelerate and DeepSpeed settings from the trainer group, starts ``accelerate launch`` on
   ``python -m fgrft.training.worker <run_dir>`` and reads rank 0's result.
+* ``slurm``: several nodes under SLURM: each node's plan from SLURM's variables; node 0 runs the
+  job, the others follow it through markers in the shared run directory.
 
 Importing this package is cheap; torch, transformers and TRL load in the
 modules that need them.

@@ -30,8 +30,9 @@ from fgrft.records import TrainingRecord
 from fgrft.tracking import TrackedRun
 
 from .batching import effective_batching
-from .launch import is_distributed
+from .launch import is_distributed, world_size
 from .formatting import TokenizedSet, tokenize_records
+from .slurm import start_main_node
 from .lineage import (CHECKPOINTS_DIR, FINAL_DIR, claim_checkpoints, latest_checkpoint, read_lineage,
                       save_final_checkpoint)
 
@@ -57,6 +58,7 @@ class Prepared:
 def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = tracked.job.run_dir
+    nodes = start_main_node(cfg, run_dir)  # None on one machine; SLURM variables are checked before any work
     prepared = prepare(cfg)
     finished = _finished_summary(run_dir)
     if finished is not None:
@@ -81,7 +83,7 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     if is_distributed(trainer_cfg):
         from .distributed import launch_ranks
 
-        summary = launch_ranks(cfg, tracked, lineage, resume)
+        summary = launch_ranks(cfg, tracked, lineage, resume, nodes)
     else:
         summary = fit(cfg, prepared, run_dir, lineage, resume)
     summary["wall_s"] = round(time.perf_counter() - started, 2)
@@ -158,6 +160,10 @@ def _check_trainer(t: DictConfig) -> None:
                           "use distributed=ddp for LoRA")
     if t.max_seq_len < 1 or t.micro_batch_size < 1 or t.grad_accum < 1:
         raise ConfigError("trainer.max_seq_len, trainer.micro_batch_size and trainer.grad_accum must be >= 1")
+    if t.global_batch_size is not None and t.global_batch_size != t.micro_batch_size * t.grad_accum * world_size(t):
+        raise ConfigError(f"trainer.grad_accum={t.grad_accum} makes a global batch of {t.micro_batch_size} x "
+                          f"{t.grad_accum} x {world_size(t)} ranks, not trainer.global_batch_size={t.global_batch_size}; "
+                          "leave grad_accum to the preset or set trainer.global_batch_size=null")
     if t.max_steps == 0 or (t.max_steps < 0 and t.epochs <= 0):
         raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.epochs > 0")
 

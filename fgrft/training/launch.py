@@ -104,7 +104,11 @@ def write_launch_files(cfg_container: Mapping[str, Any], run_dir: Path, *, gpu: 
         ds_path.write_text(json.dumps(deepspeed_config(trainer, bf16=bf16), indent=2) + "\n")
     acc_path = run_dir / ACCELERATE_CONFIG
     acc_path.write_text(yaml.safe_dump(accelerate_config(trainer, gpu=gpu), sort_keys=False))
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(acc_path),
+    return launch_command(acc_path, run_dir)
+
+
+def launch_command(accelerate_yaml: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_yaml),
             "-m", "fgrft.training.worker", str(run_dir)]
 
 
@@ -117,17 +121,30 @@ def launch_env(base: Mapping[str, str], *, gpu: bool, local_processes: int) -> d
     return env
 
 
-def run_launch(cmd: list[str], env: Mapping[str, str], run_dir: Path) -> dict[str, Any]:
-    """Run the ranks; their output goes to ``launch.log``. Returns rank 0's result."""
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+def rank_env(trainer: Mapping[str, Any], base: Mapping[str, str], *, gpu: bool) -> dict[str, str]:
+    """The environment of one machine's ``accelerate launch``."""
+    env = launch_env(base, gpu=gpu, local_processes=trainer["num_processes"])
+    if trainer["distributed"] == "zero3":
+        env.pop("ACCELERATE_USE_CPU", None)  # the worker sets up a DeepSpeed state over gloo instead
+    return env
+
+
+def start_ranks(cmd: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    """Run this machine's ranks, their output appended to ``log_path``; raise if they fail."""
     log.info("launching: %s", " ".join(cmd))
     started = time.perf_counter()
-    with (run_dir / LAUNCH_LOG).open("a") as out:
+    with log_path.open("a") as out:
         rc = subprocess.call(cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
     log.info("ranks finished with exit status %d after %.1f s", rc, time.perf_counter() - started)
     if rc != 0:
-        tail = (run_dir / LAUNCH_LOG).read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"distributed training failed (exit status {rc}); see {run_dir / LAUNCH_LOG}:\n{tail}")
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"distributed training failed (exit status {rc}); see {log_path}:\n{tail}")
+
+
+def run_launch(cmd: list[str], env: Mapping[str, str], run_dir: Path) -> dict[str, Any]:
+    """Run the ranks; their output goes to ``launch.log``. Returns rank 0's result."""
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+    start_ranks(cmd, env, run_dir / LAUNCH_LOG)
     try:
         return json.loads((run_dir / RESULT_FILE).read_text())
     except (OSError, ValueError) as e:
