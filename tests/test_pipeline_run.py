@@ -10,7 +10,7 @@ from fgrft.pipeline.prompts import load_prompts
 from fgrft.pipeline.run import Fallback, Pipeline, RunSettings
 from fgrft.testing.fault_server import error, length, refusal, truncated
 
-PROMPTS = load_prompts()
+PROMPTS = load_prompts("fgrft_plus")
 QUESTIONS = load_source({"name": "sample"}).questions
 
 

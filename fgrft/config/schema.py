@@ -128,6 +128,9 @@ class EndpointConfig:
     tpm: Optional[int] = None
     timeout_s: float = 300.0
     max_output_tokens: int = 2048
+    # How a step's JSON schema is sent: json_schema (constrained decoding) | json_object (JSON
+    # mode, as the thesis; the schema is checked on return).
+    structured: str = "json_schema"
     # step name -> sampling parameters (temperature, top_p, ...)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: Optional[FallbackConfig] = None
@@ -175,6 +178,7 @@ class TrainerConfig:
 class ContaminationConfig:
     ngram: int = 13
     min_shared_ngrams: int = 1
+    mode: str = "check"  # check | skip (generate: an explicit, logged opt-out)
 
 
 @dataclass
@@ -190,6 +194,7 @@ class GenerateConfig(_Common):
     verifier: EndpointConfig = field(default_factory=EndpointConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    recipe: str = "thesis"  # thesis | fgrft_plus
     max_revisions: int = 1
     regate: bool = False
     dry_run: bool = False
@@ -254,6 +259,10 @@ CHOICES = {
     "prompt.name": {"thesis", "strict"},
     "generator.kind": {"embedded", "vllm", "openai"},
     "verifier.kind": {"embedded", "vllm", "openai"},
+    "recipe": {"thesis", "fgrft_plus"},
+    "generator.structured": {"json_schema", "json_object"},
+    "verifier.structured": {"json_schema", "json_object"},
+    "contamination.mode": {"check", "skip"},
     "trainer.distributed": {"ddp", "zero3"},
     "trainer.precision": {"fp32", "bf16"},
     "trainer.batching": {"packed", "grouped", "padded"},
