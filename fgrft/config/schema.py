@@ -172,6 +172,11 @@ class TrainerConfig:
     max_ckpts: int = 2
     logging_steps: int = 1
     lora: Optional[LoraConfig] = None
+    # Fidelity keys (fgrft/training/trainer.py): the thesis presets set the thesis's values.
+    decay_exclude: Any = "auto"  # auto | list of parameter-name substrings
+    truncation_side: str = "right"  # right | left
+    warmup_rounding: str = "ceil"  # ceil | floor
+    loss_normalization: str = "token_mean"  # token_mean | micro_batch_mean
 
 
 @dataclass
@@ -266,4 +271,7 @@ CHOICES = {
     "trainer.distributed": {"ddp", "zero3"},
     "trainer.precision": {"fp32", "bf16"},
     "trainer.batching": {"packed", "grouped", "padded"},
+    "trainer.truncation_side": {"right", "left"},
+    "trainer.warmup_rounding": {"ceil", "floor"},
+    "trainer.loss_normalization": {"token_mean", "micro_batch_mean"},
 }

@@ -132,10 +132,12 @@ def prepare(cfg: DictConfig) -> Prepared:
     tokenized, digest = tokenize_records(
         tokenizer, records, prompt_template=load_template(cfg.prompt.template),
         target_format=cfg.data.target_format, training_template=_training_template(tokenizer, cfg.model),
-        max_seq_len=cfg.trainer.max_seq_len, stock_template=tokenizer.chat_template, origin=origin)
+        max_seq_len=cfg.trainer.max_seq_len, stock_template=tokenizer.chat_template, origin=origin,
+        truncation_side=cfg.trainer.truncation_side)
     if tokenized.truncated_ids:
-        log.warning("%d of %d examples are longer than trainer.max_seq_len=%d; their responses are cut",
-                    len(tokenized.truncated_ids), len(tokenized.examples), cfg.trainer.max_seq_len)
+        log.warning("%d of %d examples are longer than trainer.max_seq_len=%d; cut from the %s (trainer.truncation_side)",
+                    len(tokenized.truncated_ids), len(tokenized.examples), cfg.trainer.max_seq_len,
+                    cfg.trainer.truncation_side)
     base = resolved.hub_id or resolved.builder or str(resolved.path)
     if resolved.path is not None and (parent := read_lineage(resolved.path)):
         base = parent.get("base_model") or base  # a checkpoint trained here keeps its original base
@@ -257,13 +259,14 @@ def _training_template(tokenizer: Any, model: DictConfig) -> str:
 def _trainer(cfg: DictConfig, prepared: Prepared, run_dir: Path, **sft_overrides: Any):
     from datasets import Dataset
 
-    from .trainer import build_trainer, sft_config
+    from .trainer import Fidelity, build_trainer, sft_config
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     args = sft_config(trainer_cfg, output_dir=run_dir / CHECKPOINTS_DIR, batching=prepared.batching,
                       **sft_overrides)
     dataset = Dataset.from_dict(prepared.tokenized.columns())
-    return build_trainer(prepared.model_location, prepared.tokenizer, dataset, args, lora=trainer_cfg["lora"])
+    return build_trainer(prepared.model_location, prepared.tokenizer, dataset, args, lora=trainer_cfg["lora"],
+                         fidelity=Fidelity.from_trainer(trainer_cfg))
 
 
 def _final_weights(trainer: Any) -> tuple[Any, Any]:
