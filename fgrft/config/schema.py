@@ -224,6 +224,8 @@ class TrainConfig(_EvaluationGroups, _Common):
     evaluate_after: bool = False
     # The FGRFT records file (a Stage 1 records.jsonl) whose question ids every ablation arm trains on.
     fgrft_records: Optional[str] = None
+    shared_ids_with: Optional[str] = None  # a data option: every ablation arm trains on the shared ids
+    min_id_match: float = 0.99
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
 
 
