@@ -42,7 +42,8 @@ def prompt_chars(prompts: PromptSet, step: str, q: Question, *, revision: bool =
     steps = prompts.recipe.steps
     variables = prompts.recipe.context(step, q, empty_outputs(), revise_note="" if revision else None)
     own = len(prompts.render_context(step, variables))
-    inputs = steps[step].inputs + (("p3", "gate") if revision else ())  # + the chain and note
+    extra = (("p3", "gate") if prompts.recipe.revision_edits_chain else ("gate",)) if revision else ()
+    inputs = steps[step].inputs + extra  # + the note (and the rejected chain, if the recipe shows it)
     return own + sum(steps[i].expected_output_tokens for i in inputs) * CHARS_PER_TOKEN
 
 

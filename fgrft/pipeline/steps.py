@@ -365,14 +365,17 @@ class Recipe:
     steps: dict[str, Step]
     context: Callable[..., dict[str, Any]]
     final_rule: str               # FINAL_MUST_NAME_GOLD | FINAL_MUST_NOT_NAME_OTHER
+    revision_edits_chain: bool    # a revision sees the rejected chain (else regenerates from P1)
 
 
 RECIPES: dict[str, Recipe] = {
     # P5 never sees the options, so a final text that names no letter is the thesis's normal
     # output (0 of its 1,000 published responses start with "The answer is"): kept, counted.
-    "thesis": Recipe("thesis", "thesis", THESIS_STEPS, thesis_context, FINAL_MUST_NOT_NAME_OTHER),
+    "thesis": Recipe("thesis", "thesis", THESIS_STEPS, thesis_context, FINAL_MUST_NOT_NAME_OTHER,
+                     revision_edits_chain=False),
     # The project's variant keeps its templates where they always were (prompts/*.txt).
-    "fgrft_plus": Recipe("fgrft_plus", "", STEPS, context, FINAL_MUST_NAME_GOLD),
+    "fgrft_plus": Recipe("fgrft_plus", "", STEPS, context, FINAL_MUST_NAME_GOLD,
+                         revision_edits_chain=True),
 }
 
 
