@@ -57,10 +57,10 @@ def test_faults_contamination_duplicates_revision_and_mlflow(tmp_path, fault_ser
     leaked = next(iter(benchmark.values()))[0]            # an evaluation item
     source = tmp_path / "questions.json"
     source.write_text(json.dumps({"mine": rows + [rows[0], leaked]}))
-    gout = "great toe"
+    gout_gold = ': Indomethacin"'  # the compressed feedback's gold, which every gate sees
 
     def gate(request, answer):  # one question's chain goes back once
-        if gout in request.last_content and "Your previous chain" not in request.last_content:
+        if gout_gold in request.last_content:
             return {"verdict": "Revise", "revise_note": "Name the crystal type."}
         return answer
     fault_server.responder = StepResponder({"gate": gate})
