@@ -9,7 +9,7 @@ BENCHMARK_DIR=${BENCHMARK_DIR:-${FGRFT_BENCHMARK_DIR:-<dir holding eval_data_cli
 RECORDS="<records.jsonl of step 1>"
 
 plan=(
-  "$PY -m fgrft.generate +experiment=fgrft_data"
+  "$PY -m fgrft.generate +experiment=fgrft_data benchmark.dir=$BENCHMARK_DIR"
   "$PY -m fgrft.train -m +experiment=ablation_naive fgrft_records=$RECORDS benchmark.dir=$BENCHMARK_DIR scorer=thesis"
   "$PY -m fgrft.evaluate -m +experiment=base benchmark.dir=$BENCHMARK_DIR scorer=thesis"
   "$PY -m fgrft.evaluate -m +experiment=baselines benchmark.dir=$BENCHMARK_DIR scorer=thesis"
@@ -27,7 +27,15 @@ echo "  and temperature on 3,273 items with vLLM (TP 8) -> roughly 3-4 GPU-node 
 if [ "${DRY_RUN:-0}" = "1" ]; then
   echo
   echo "Stage 1 cost estimate (offline dry run):"
-  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $PY -m fgrft.generate +experiment=fgrft_data dry_run=true \
+  # Stage 1 refuses a real source without the benchmarks of its contamination check; the
+  # estimate alone does not need them.
+  if [[ "$BENCHMARK_DIR" == "<"* ]]; then
+    guard="contamination.mode=skip"
+    echo "  (BENCHMARK_DIR not set: estimated without the contamination check, which drops a few questions)"
+  else
+    guard="benchmark.dir=$BENCHMARK_DIR"
+  fi
+  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $PY -m fgrft.generate +experiment=fgrft_data dry_run=true "$guard" \
     hydra.run.dir="$(mktemp -d)" 2>&1 | grep -vE "^\[.*\]\[(HYDRA|mlflow|alembic)" || true
   echo
   echo "DRY_RUN=1: nothing was run."

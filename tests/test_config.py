@@ -175,3 +175,25 @@ def test_a_wheel_layout_finds_conf_prompts_and_claims_inside_the_package(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [str(site / "fgrft" / d) for d in ("_conf", "_prompts", "_experiments")]
+
+
+def test_the_composed_config_shows_which_recipe_and_fidelity_settings_are_in_force():
+    thesis = {"decay_exclude": ["bias", "LayerNorm.weight"], "truncation_side": "left",
+              "warmup_rounding": "floor", "loss_normalization": "micro_batch_mean"}
+    conventional = {"decay_exclude": "auto", "truncation_side": "right", "warmup_rounding": "ceil",
+                    "loss_normalization": "token_mean"}
+
+    def fidelity(overrides):
+        cfg = apply_scale(validate(_compose("train", overrides), "train"))
+        return {k: OmegaConf.to_container(cfg.trainer, resolve=True)[k] for k in thesis}
+
+    for preset in ("fgrft", "ablation_naive"):
+        assert fidelity([f"+experiment={preset}"]) == thesis
+        assert fidelity([f"+experiment={preset}", "scale=toy"]) == thesis  # toy keeps what it compares
+    for trainer in _options("trainer"):
+        assert fidelity([f"trainer={trainer}"]) == conventional
+    gen = validate(_compose("generate", []), "generate")
+    assert gen.recipe == "thesis" and gen.contamination.mode == "check"
+    assert gen.generator.structured == gen.verifier.structured == "json_schema"
+    with pytest.raises(ConfigError, match="recipe"):
+        validate(_compose("generate", ["recipe=plus"]), "generate")

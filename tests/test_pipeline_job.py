@@ -57,10 +57,10 @@ def test_faults_contamination_duplicates_revision_and_mlflow(tmp_path, fault_ser
     leaked = next(iter(benchmark.values()))[0]            # an evaluation item
     source = tmp_path / "questions.json"
     source.write_text(json.dumps({"mine": rows + [rows[0], leaked]}))
-    gout = "great toe"
+    gout_gold = ': Indomethacin"'  # the compressed feedback's gold, which every gate sees
 
     def gate(request, answer):  # one question's chain goes back once
-        if gout in request.last_content and "Your previous chain" not in request.last_content:
+        if gout_gold in request.last_content:
             return {"verdict": "Revise", "revise_note": "Name the crystal type."}
         return answer
     fault_server.responder = StepResponder({"gate": gate})
@@ -161,8 +161,28 @@ def test_budget_stops_cleanly_and_keeps_finished_records(tmp_path, fault_server,
     assert "budget_usd=0.06 spent" in r.stdout
 
 
-def test_dry_run_of_the_preset_estimates_offline_from_the_bundled_sample(tmp_path):
+def thesis_benchmark_dir(path: Path) -> Path:
+    """The two thesis benchmark files, filled with the bundled benchmark sample's items."""
+    sample = json.loads(bundled_path("benchmark_sample.json").read_text())
+    items = [item for rows in sample.values() for item in rows]
+    path.mkdir()
+    (path / "eval_data_clinical.json").write_text(json.dumps(
+        {"MedQA_USLME_test": items[:3], "PubMedQA_test": items[3:6]}))
+    (path / "eval_data_medmcqa.json").write_text(json.dumps({"MedMCQA_validation": items[6:9]}))
+    return path
+
+
+def test_a_real_source_refuses_to_start_without_the_benchmarks(tmp_path):
     r = generate(tmp_path, "+experiment=fgrft_data", "dry_run=true")
+    assert r.returncode != 0
+    assert "Stage 1 refuses to start" in r.stderr and "benchmark.dir" in r.stderr
+    assert "contamination.mode=skip" in r.stderr
+    assert not list((tmp_path / "outputs").rglob("dry_run.json"))
+
+
+def test_dry_run_of_the_preset_estimates_offline_from_the_bundled_sample(tmp_path):
+    benchmarks = thesis_benchmark_dir(tmp_path / "benchmarks")
+    r = generate(tmp_path, "+experiment=fgrft_data", "dry_run=true", f"benchmark.dir={benchmarks}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "dry run: 5,000 questions, nothing called" in r.stdout
     assert "estimated from the bundled sample" in r.stdout and "source.n=5,000" in r.stdout

@@ -10,12 +10,12 @@ from fgrft.pipeline.prompts import load_prompts
 from fgrft.pipeline.run import Fallback, Pipeline, RunSettings
 from fgrft.testing.fault_server import error, length, refusal, truncated
 
-PROMPTS = load_prompts()
+PROMPTS = load_prompts("fgrft_plus")
 QUESTIONS = load_source({"name": "sample"}).questions
 
 
 def run(server, questions=QUESTIONS[:1], *, max_revisions=1, regate=False, fallback=None,
-        concurrency=8, window=8, retries=2):
+        concurrency=8, window=8, retries=2, prompts=PROMPTS):
     async def go():
         policy = RetryPolicy(max_retries=retries, base_delay_s=0.01, max_delay_s=0.02)
         async with Engine(ledger=Ledger(), retry=policy) as engine:
@@ -26,7 +26,7 @@ def run(server, questions=QUESTIONS[:1], *, max_revisions=1, regate=False, fallb
             if fallback is not None:
                 fb = Fallback(ep("fb-model", "verifier_fallback"), 0.3, fallback)
             pipeline = Pipeline({"generator": ep("gen-model", "generator"), "verifier": ep("ver-model", "verifier")},
-                                PROMPTS, RunSettings(max_tokens={"generator": 1024, "verifier": 1024},
+                                prompts, RunSettings(max_tokens={"generator": 1024, "verifier": 1024},
                                                      sampling={"p1": {"temperature": 0.7}, "p2": {"temperature": 0.3}},
                                                      max_revisions=max_revisions, regate=regate, run_id="run-1"),
                                 fb)
@@ -82,6 +82,35 @@ def test_revise_runs_p3_once_more_with_the_note_and_is_accepted_without_regate(f
     assert "Name the crystal type." in revision and "Your previous chain:" in revision
     assert o.record.meta.revised is True and o.record.meta.gate_verdict == "Revise"
     assert "p3_rev1" in o.models
+
+
+def test_thesis_recipe_regenerates_from_p1_and_keeps_an_uncommitted_final_counted(fault_server):
+    thesis = load_prompts("thesis")
+    q = QUESTIONS[0]
+    chains = iter(["FIRST CHAIN OBSERVATION", "SECOND CHAIN OBSERVATION"])
+
+    def p3(request, answer):
+        answer["reasoning_chain"]["observation"] = next(chains)
+        return answer
+    fault_server.responder = StepResponder({
+        "p3": p3, "gate": gate_says("Revise"),
+        "p5": lambda req, a: {"response": "Colchicine-free NSAID therapy settles the acute flare."}})
+    (o,), _ = run(fault_server, prompts=thesis)
+    assert o.kept and o.revised == 1 and o.final_uncommitted
+    assert [s for s, _ in steps_sent(fault_server)] == ["p1", "p2", "p3", "gate", "p3", "p4", "p5"]
+    first, revision = fault_server.requests[2].last_content, fault_server.requests[4].last_content
+    assert "Name the crystal type." in revision and "Name the crystal type." not in first
+    assert "FIRST CHAIN OBSERVATION" in fault_server.requests[3].last_content  # the gate saw it
+    assert "FIRST CHAIN OBSERVATION" not in revision  # a regeneration, not an edit of that chain
+    assert "SECOND CHAIN OBSERVATION" in fault_server.requests[5].last_content  # P4 gets the new one
+    p5 = fault_server.requests[6].last_content
+    assert q.question in p5 and q.options[q.answer_idx] not in p5.split("Reasoning:")[0]
+    assert o.record.Response.startswith("Colchicine-free")
+    # a final text that commits to another option is dropped under the thesis recipe too
+    other = next(x for x in sorted(q.options) if x != q.answer_idx)
+    fault_server.responder = StepResponder({"p5": lambda req, a: {"response": f"The answer is {other}."}})
+    (o,), _ = run(fault_server, prompts=thesis)
+    assert (o.kept, o.reason) == (False, "final_disagrees_with_gold")
 
 
 def test_regate_drops_a_chain_the_gate_still_rejects(fault_server):

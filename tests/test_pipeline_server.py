@@ -136,7 +136,8 @@ def test_embedded_end_to_end_on_the_smol_model(tmp_path, smol_path):
     # Short caps keep this test short (P1's full answer does not fit 64 tokens, so it is
     # dropped as a parse failure after one call); the full chain runs in the fault-server tests.
     r = subprocess.run([sys.executable, "-m", "fgrft.generate", "source.limit=2",
-                        "generator.max_output_tokens=64", "verifier.max_output_tokens=64"],
+                        "generator.max_output_tokens=64", "verifier.max_output_tokens=64",
+                        "generator.steps.p1.max_tokens=64"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (summary_path,) = list((tmp_path / "outputs").rglob("summary.json"))

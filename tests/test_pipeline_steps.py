@@ -22,7 +22,7 @@ from fgrft.pipeline.steps import (CHAIN_FIELDS, STEP_NAMES, STEPS, compressed_fe
 
 @pytest.fixture(scope="module")
 def prompts():
-    return load_prompts()
+    return load_prompts("fgrft_plus")
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +73,16 @@ def test_p1_is_answer_agnostic_and_the_verifier_steps_get_the_gold(prompts, ques
 
 
 def test_a_template_that_reaches_for_the_gold_fails_instead_of_leaking(prompts, question):
-    leaky = PromptSet({**prompts.texts, "p1": prompts.texts["p1"] + "\nHint: {{ gold_letter }}"})
+    leaky = PromptSet({**prompts.texts, "p1": prompts.texts["p1"] + "\nHint: {{ gold_letter }}"}, prompts.recipe)
     with pytest.raises(jinja2.UndefinedError):
         leaky.render("p1", question)
     guards.check_answer_blind(prompts, question)  # the real templates pass
 
 
 def test_the_answer_blind_guard_catches_a_gold_dependent_p1(prompts, question, monkeypatch):
-    import fgrft.pipeline.steps as steps
+    import dataclasses
 
-    real = steps.context
+    real = prompts.recipe.context
 
     def leaking(step, q, outputs, **kw):
         variables = real(step, q, outputs, **kw)
@@ -90,9 +90,9 @@ def test_the_answer_blind_guard_catches_a_gold_dependent_p1(prompts, question, m
             variables = {**variables, "question": variables["question"] + f" ({q.answer_idx})"}
         return variables
 
-    monkeypatch.setattr("fgrft.pipeline.prompts.context", leaking)
+    leaky = PromptSet(prompts.texts, dataclasses.replace(prompts.recipe, context=leaking))
     with pytest.raises(LeakError):
-        guards.check_answer_blind(prompts, question)
+        guards.check_answer_blind(leaky, question)
 
 
 def test_feedback_is_the_compressed_teacher_feedback(question):
@@ -107,7 +107,7 @@ def test_prompts_are_identified_by_content_hash(prompts):
     assert set(prompts.hashes) == set(STEP_NAMES)
     assert all(re.fullmatch(r"[0-9a-f]{16}", h) for h in prompts.hashes.values())
     assert len(set(prompts.hashes.values())) == len(STEP_NAMES)
-    edited = PromptSet({**prompts.texts, "p4": prompts.texts["p4"] + " "})
+    edited = PromptSet({**prompts.texts, "p4": prompts.texts["p4"] + " "}, prompts.recipe)
     changed = {s for s in STEP_NAMES if edited.hashes[s] != prompts.hashes[s]}
     assert changed == {"p4"} and edited.combined_hash != prompts.combined_hash
 

@@ -99,6 +99,24 @@ def test_thinking_target_shape(records, chatml_tokenizer):
     assert "\n\n## Final Response\n\n" + record.Response.strip() + "<|im_end|>" in text
 
 
+def test_truncation_side_left_keeps_the_end_as_the_thesis_did(records, chatml_tokenizer):
+    template = training_chat_template(chatml_tokenizer)
+    messages = to_messages(records[0], THESIS_PROMPT, "thinking")
+    full = tokenize_example(chatml_tokenizer, "r0", messages, training_template=template, max_seq_len=4096)
+    limit = full.prompt_len // 2      # shorter than the prompt: right truncation refuses this
+    cut = tokenize_example(chatml_tokenizer, "r0", messages, training_template=template, max_seq_len=limit,
+                           truncation_side="left")
+    assert cut.truncated and cut.input_ids == full.input_ids[-limit:] and cut.labels == full.labels[-limit:]
+    last_labelled = max(i for i, t in enumerate(full.labels) if t != IGNORE_INDEX)
+    assert last_labelled >= len(full.input_ids) - limit      # the response's end is trained on
+    assert any(t != IGNORE_INDEX for t in cut.labels)
+    with pytest.raises(FormattingError):
+        tokenize_example(chatml_tokenizer, "r0", messages, training_template=template, max_seq_len=limit)
+    with pytest.raises(ValueError, match="truncation_side"):
+        tokenize_example(chatml_tokenizer, "r0", messages, training_template=template, max_seq_len=limit,
+                         truncation_side="middle")
+
+
 def test_over_long_sample_is_cut_at_the_end_of_the_response(records, chatml_tokenizer):
     template = training_chat_template(chatml_tokenizer)
     messages = to_messages(records[0], THESIS_PROMPT, "thinking")

@@ -5,6 +5,8 @@ process groups and must train exactly like one machine with two processes. The l
 generated from the trainer group (the thesis's 2 x 8 x 8 = 128)."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import socket
 import subprocess
@@ -247,6 +249,30 @@ def test_naive_arms_take_the_fgrft_question_ids_and_report_the_match(tmp_path, m
     assert _prepare(tmp_path, monkeypatch, model_cache_dir, "data=sample_naive").ids_matched is None
 
 
+def test_arms_train_on_the_shared_ids_and_fail_below_min_id_match(tmp_path, monkeypatch, model_cache_dir):
+    from fgrft.data import load_training_records
+
+    fgrft = load_training_records({"name": "sample", "format": "fgrft"})
+    naive = load_training_records({"name": "sample_naive", "format": "naive_cot"})
+    # FGRFT ids: 9 bundled questions plus one the naive-CoT set lacks (a 90% match).
+    extra = dataclasses.replace(fgrft[0], Question=fgrft[0].Question.replace("?", ", first presentation?", 1),
+                                id="extra")
+    assert extra.stem_id not in {r.stem_id for r in naive}
+    records = tmp_path / "fgrft_records.jsonl"
+    records.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in [*fgrft[:9], extra]))
+    shared = [f"fgrft_records={records}", "shared_ids_with=sample_naive"]
+    for data in ("fgrft_5k", "sample_naive"):
+        with pytest.raises(ValueError, match=r"only 9 of the 10 FGRFT question ids \(90\.0%\)"):
+            _prepare(tmp_path, monkeypatch, model_cache_dir, f"data={data}", *shared)
+        p = _prepare(tmp_path, monkeypatch, model_cache_dir, f"data={data}", *shared, "min_id_match=0.9")
+        assert p.ids_matched["ids_requested"] == 10 and p.ids_matched["ids_matched"] == 9
+        assert sorted(e.record_id for e in p.tokenized.examples) != []
+        ids = {r.stem_id for r in fgrft[:9]}
+        trained = {e.record_id for e in p.tokenized.examples}
+        assert len(trained) == 9 and extra.id not in trained
+        assert {r.stem_id for r in (fgrft if data == "fgrft_5k" else naive) if r.id in trained} == ids
+
+
 def test_ablation_preset_sweeps_three_arms_and_composes_with_seeds():
     from hydra import compose, initialize_config_dir
 
@@ -275,8 +301,8 @@ def test_toy_ablation_is_one_parent_with_three_arms_each_with_its_evaluation(tmp
     assert done.returncode == 0, done.stderr[-4000:]
     summaries = [json.loads((d / "summary.json").read_text()) for d in sweep.iterdir() if (d / "summary.json").is_file()]
     assert len(summaries) == 3
-    naive = [s for s in summaries if "ids_matched" in s]
-    assert len(naive) == 2 and all(s["ids_matched"] == s["ids_requested"] == 12 for s in naive)
+    arms_matched = [s for s in summaries if "ids_matched" in s]
+    assert len(arms_matched) == 3 and all(s["ids_matched"] == s["ids_requested"] == 12 for s in arms_matched)
     assert all("evaluation" in s for s in summaries)
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -290,4 +316,4 @@ def test_toy_ablation_is_one_parent_with_three_arms_each_with_its_evaluation(tmp
     for arm in arms:
         (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == arm.info.run_id]
         assert child.data.tags["stage"] == "evaluate" and child.data.params["train_run_id"] == arm.info.run_id
-    assert {r.data.params.get("ids_matched") for r in arms} == {None, "12"}
+    assert {r.data.params.get("ids_matched") for r in arms} == {"12"}  # all three on the shared ids

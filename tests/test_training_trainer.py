@@ -31,7 +31,7 @@ def _tokenized(tokenizer, n: int, max_seq_len: int):
     return tokenized
 
 
-def _trainer(tiny_path, tokenizer, columns, tmp_path, *, batching="packed", **overrides):
+def _trainer(tiny_path, tokenizer, columns, tmp_path, *, batching="packed", fidelity=None, **overrides):
     from datasets import Dataset
 
     from fgrft.training.trainer import build_trainer, sft_config
@@ -39,7 +39,8 @@ def _trainer(tiny_path, tokenizer, columns, tmp_path, *, batching="packed", **ov
     settings = dict(save_strategy="no", disable_tqdm=True, logging_steps=1)
     settings.update(overrides)
     args = sft_config(CPU_TRAINER, output_dir=tmp_path / batching, batching=batching, **settings)
-    return build_trainer(str(tiny_path), tokenizer, Dataset.from_dict(columns), args)
+    extra = {"fidelity": fidelity} if fidelity is not None else {}
+    return build_trainer(str(tiny_path), tokenizer, Dataset.from_dict(columns), args, **extra)
 
 
 def _losses(trainer) -> list[float]:
@@ -59,6 +60,58 @@ def test_weight_decay_spares_exactly_bias_and_norm_weights(tiny_path, tokenizer,
     assert by_decay[0.1] == set(names.values()) - expected_no_decay
     assert {g["lr"] for g in optimizer.param_groups} == {5e-6}
     assert type(optimizer).__name__ in {"AdamW", "AcceleratedOptimizer"}
+
+
+THESIS_FIDELITY = {"decay_exclude": ["bias", "LayerNorm.weight"], "warmup_rounding": "floor",
+                   "loss_normalization": "micro_batch_mean"}
+
+
+def test_the_thesis_exclusion_list_decays_every_parameter(tiny_path, tokenizer, tmp_path):
+    from fgrft.training.trainer import Fidelity
+
+    trainer = _trainer(tiny_path, tokenizer, _tokenized(tokenizer, 2, 256).columns(), tmp_path, max_steps=1,
+                       fidelity=Fidelity.from_trainer({**CPU_TRAINER, **THESIS_FIDELITY}))
+    optimizer = trainer.create_optimizer()
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    names = [n for n, p in trainer.model.named_parameters()]
+    assert any("norm" in n for n in names)          # norms exist, and are decayed too
+    assert decayed == {id(p) for p in trainer.model.parameters()}
+    with pytest.raises(ValueError, match="decay_exclude"):
+        Fidelity.from_trainer({**CPU_TRAINER, "decay_exclude": "bias"})
+
+
+@pytest.mark.parametrize("rounding, first_step_factor", [("ceil", 0.5), ("floor", 1.0)])
+def test_warmup_rounding(tiny_path, tokenizer, tmp_path, rounding, first_step_factor):
+    from fgrft.training.trainer import Fidelity
+
+    fidelity = Fidelity.from_trainer({**CPU_TRAINER, "warmup_rounding": rounding})
+    trainer = _trainer(tiny_path, tokenizer, _tokenized(tokenizer, 2, 256).columns(), tmp_path, max_steps=30,
+                       fidelity=fidelity)  # 5% of 30 steps = 1.5: ceil 2 warmup steps, floor 1
+    trainer.create_optimizer()
+    scheduler = trainer.create_scheduler(30)
+    assert scheduler.lr_lambdas[0](1) == pytest.approx(first_step_factor)
+
+
+@pytest.mark.parametrize("normalization", ["token_mean", "micro_batch_mean"])
+def test_loss_normalization(tiny_path, tokenizer, tmp_path, normalization):
+    import torch
+
+    from fgrft.training.trainer import Fidelity
+
+    fidelity = Fidelity.from_trainer({**CPU_TRAINER, "loss_normalization": normalization})
+    trainer = _trainer(tiny_path, tokenizer, _tokenized(tokenizer, 2, 256).columns(), tmp_path, max_steps=1,
+                       gradient_accumulation_steps=2, batching="padded", fidelity=fidelity)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.current_gradient_accumulation_steps = 2   # what the training loop sets per update
+    batch = next(iter(trainer.get_train_dataloader()))
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    with torch.no_grad():
+        mean = float(trainer.model(**batch).loss)            # this micro-batch's token mean
+    # The accumulated batch holds 3x this micro-batch's label tokens: a token mean weighs
+    # this micro-batch by its share (1/3), the thesis's micro-batch mean by 1/accumulation (1/2).
+    loss = float(trainer.training_step(trainer.model, batch, num_items_in_batch=torch.tensor(3 * labelled)))
+    expected = mean / 3 if normalization == "token_mean" else mean / 2
+    assert loss == pytest.approx(expected, rel=1e-4)
 
 
 def test_thesis_schedule_and_precision_settings(tmp_path):

@@ -96,6 +96,8 @@ def _toy_endpoint(endpoint: DictConfig) -> None:
     for params in endpoint.steps.values():
         # Reasoning-model profiles leave temperature unset; the embedded model needs one.
         params.setdefault("temperature", 0.5)
+        if "max_tokens" in params:
+            params.max_tokens = min(params.max_tokens, TOY_GENERATION_TOKENS)
 
 
 def _toy_source(cfg: DictConfig) -> None:

@@ -128,6 +128,9 @@ class EndpointConfig:
     tpm: Optional[int] = None
     timeout_s: float = 300.0
     max_output_tokens: int = 2048
+    # How a step's JSON schema is sent: json_schema (constrained decoding) | json_object (JSON
+    # mode, as the thesis; the schema is checked on return).
+    structured: str = "json_schema"
     # step name -> sampling parameters (temperature, top_p, ...)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: Optional[FallbackConfig] = None
@@ -171,12 +174,18 @@ class TrainerConfig:
     max_ckpts: int = 2
     logging_steps: int = 1
     lora: Optional[LoraConfig] = None
+    # Fidelity keys (fgrft/training/trainer.py): the thesis presets set the thesis's values.
+    decay_exclude: Any = "auto"  # auto | list of parameter-name substrings
+    truncation_side: str = "right"  # right | left
+    warmup_rounding: str = "ceil"  # ceil | floor
+    loss_normalization: str = "token_mean"  # token_mean | micro_batch_mean
 
 
 @dataclass
 class ContaminationConfig:
     ngram: int = 13
     min_shared_ngrams: int = 1
+    mode: str = "check"  # check | skip (generate: an explicit, logged opt-out)
 
 
 @dataclass
@@ -192,6 +201,7 @@ class GenerateConfig(_Common):
     verifier: EndpointConfig = field(default_factory=EndpointConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    recipe: str = "thesis"  # thesis | fgrft_plus
     max_revisions: int = 1
     regate: bool = False
     dry_run: bool = False
@@ -216,6 +226,8 @@ class TrainConfig(_EvaluationGroups, _Common):
     evaluate_after: bool = False
     # The FGRFT records file (a Stage 1 records.jsonl) whose question ids every ablation arm trains on.
     fgrft_records: Optional[str] = None
+    shared_ids_with: Optional[str] = None  # a data option: every ablation arm trains on the shared ids
+    min_id_match: float = 0.99
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     # Multi-node (SLURM): how long the nodes wait for each other in the shared run directory.
     node_wait_s: float = 900.0
@@ -258,7 +270,14 @@ CHOICES = {
     "prompt.name": {"thesis", "strict"},
     "generator.kind": {"embedded", "vllm", "openai"},
     "verifier.kind": {"embedded", "vllm", "openai"},
+    "recipe": {"thesis", "fgrft_plus"},
+    "generator.structured": {"json_schema", "json_object"},
+    "verifier.structured": {"json_schema", "json_object"},
+    "contamination.mode": {"check", "skip"},
     "trainer.distributed": {"ddp", "zero3"},
     "trainer.precision": {"fp32", "bf16"},
     "trainer.batching": {"packed", "grouped", "padded"},
+    "trainer.truncation_side": {"right", "left"},
+    "trainer.warmup_rounding": {"ceil", "floor"},
+    "trainer.loss_normalization": {"token_mean", "micro_batch_mean"},
 }

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from fgrft.llm.errors import ConfigError
 
 KINDS = ("openai", "vllm")
-STRUCTURED_MODES = ("json_schema", "extra_body", "none")
+STRUCTURED_MODES = ("json_schema", "json_object", "extra_body", "none")
 
 
 def _from_mapping(cls, data: Mapping[str, Any], ignore: tuple[str, ...], what: str):

@@ -39,7 +39,7 @@ _NOT_FOR_REASONING = ("temperature", "top_p", "presence_penalty", "frequency_pen
 class Profile:
     kind: str          # "openai" | "vllm"
     reasoning: bool    # max_completion_tokens; no temperature/top_p/penalties
-    structured: str    # "json_schema" (response_format) | "extra_body" (vLLM) | "none"
+    structured: str    # "json_schema" | "json_object" (response_format) | "extra_body" (vLLM) | "none"
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -108,6 +108,9 @@ def build_request(profile: Profile, model: str, messages: Sequence[dict], sampli
     if schema is not None:
         if profile.structured == "json_schema":
             req["response_format"] = response_format(schema_name, schema)
+        elif profile.structured == "json_object":
+            # JSON mode: any JSON object; the schema is checked on return only.
+            req["response_format"] = {"type": "json_object"}
         elif profile.structured == "extra_body":
             extra_body["structured_outputs"] = {"json": schema}
         # "none": the prompt asks for JSON and the reply is validated on return only.

@@ -57,6 +57,7 @@ def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None
     extra = {k: settings[k] for k in _ENDPOINT_KEYS if settings.get(k) is not None}
     return EndpointConfig(base_url=base_url, model=model or served_model(settings),
                           kind="openai" if settings["kind"] == "openai" else "vllm",
+                          structured=settings["structured"],
                           name=name or role, cache_scope=cache_scope, **extra)
 
 

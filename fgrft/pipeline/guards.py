@@ -11,8 +11,11 @@ job counts every reason.
                                   output cap, empty, or semantically incomplete (Revise, no note)
     refused                       the model refused or the provider filtered the answer
     gate_failed                   the gate still said Revise when no revision was left
-    decision_disagrees_with_gold  P3's final decision does not name the gold letter
-    final_disagrees_with_gold     P5's response does not commit to the gold letter
+    decision_disagrees_with_gold  P3's final decision does not name the gold letter (recipe
+                                  thesis: names another option)
+    final_disagrees_with_gold     P5's response does not commit to the gold letter (recipe
+                                  thesis: commits to another option; one that commits to none
+                                  is kept and counted as ``final_uncommitted``)
     format_violation              the text carries the training target's own headings
     budget                        budget_usd was spent before the question finished
     api_error                     transport failures outlived their retries, or the run stopped
@@ -24,6 +27,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
+from fgrft.pipeline.steps import FINAL_MUST_NAME_GOLD, FINAL_MUST_NOT_NAME_OTHER
 from fgrft.records import Question
 from fgrft.scoring import strict
 
@@ -80,11 +84,28 @@ def gate_verdict(gate: Mapping[str, Any]) -> tuple[str, str]:
     return verdict, note if verdict == "Revise" else ""
 
 
-def check_decision(chain: Mapping[str, str], q: Question) -> None:
-    letter = strict.extract(chain["decision"], q.options).letter
-    if letter != q.answer_idx:
-        raise Rejected("decision_disagrees_with_gold",
-                       f"P3 decided {letter or 'nothing parseable'}, gold is {q.answer_idx}")
+def committed_letter(text: str, q: Question) -> str | None:
+    """The option ``text`` commits to under the strict scorer, or None."""
+    return strict.extract(text, q.options).letter
+
+
+def _check_commitment(letter: str | None, q: Question, rule: str, reason: str, what: str) -> bool:
+    """True when ``letter`` is the gold; False when it is None and ``rule`` lets that pass;
+    raises :class:`Rejected` otherwise."""
+    if letter == q.answer_idx:
+        return True
+    if letter is None and rule == FINAL_MUST_NOT_NAME_OTHER:
+        return False
+    if rule not in (FINAL_MUST_NAME_GOLD, FINAL_MUST_NOT_NAME_OTHER):
+        raise ValueError(f"unknown final-answer rule {rule!r}")
+    raise Rejected(reason, f"{what} {letter or 'nothing parseable'}, gold is {q.answer_idx}")
+
+
+def check_decision(chain: Mapping[str, str], q: Question,
+                   rule: str = FINAL_MUST_NAME_GOLD) -> bool:
+    """Whether P3's decision names the gold letter (see :func:`check_final` for ``rule``)."""
+    return _check_commitment(committed_letter(chain["decision"], q), q, rule,
+                             "decision_disagrees_with_gold", "P3 decided")
 
 
 def check_target_format(text: str, step: str) -> None:
@@ -93,8 +114,16 @@ def check_target_format(text: str, step: str) -> None:
         raise Rejected("format_violation", f"{step} contains the heading {m.group(0).strip()!r}")
 
 
-def check_final(response: str, q: Question) -> None:
-    letter = strict.extract(response, q.options).letter
-    if letter != q.answer_idx:
-        raise Rejected("final_disagrees_with_gold",
-                       f"P5 answered {letter or 'nothing parseable'}, gold is {q.answer_idx}")
+def check_final(response: str, q: Question, rule: str = FINAL_MUST_NAME_GOLD) -> bool:
+    """Whether P5's response commits to the gold letter. ``FINAL_MUST_NAME_GOLD`` (fgrft_plus,
+    whose P5 sees the options) drops anything else; ``FINAL_MUST_NOT_NAME_OTHER`` (thesis, whose
+    P5 never sees them) drops only a response that commits to another option and returns
+    False for one that commits to none."""
+    return _check_commitment(committed_letter(response, q), q, rule,
+                             "final_disagrees_with_gold", "P5 answered")
+
+
+def check_nonempty(text: str, step: str) -> None:
+    """An empty text would train on an empty Thinking or Final Response section."""
+    if not text.strip():
+        raise Rejected("parse_failure", f"{step} returned an empty text")

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fgrft.data import DataUnavailable, OverlapSettings, check_contamination, load_source
+from fgrft.data import (DataUnavailable, OverlapSettings, check_contamination, load_benchmark,
+                        load_source)
 from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
                        TraceEvent, load_prices)
 from fgrft.pipeline import plan as planning
@@ -62,16 +64,17 @@ class Selection:
 def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     started = time.monotonic()
     run_dir = tracked.job.run_dir
-    prompts = load_prompts()
+    prompts = load_prompts(cfg.recipe)
     # Settings errors (a missing model, a misspelt step) surface before anything starts.
     sampling = step_sampling({role: role_settings(cfg, role) for role in ROLES})
     if cfg.max_revisions < 0:
         raise ConfigError(f"max_revisions must be >= 0, got {cfg.max_revisions}")
-    tracked.log_params({"prompt_hash": prompts.combined_hash,
+    tracked.log_params({"recipe": cfg.recipe, "prompt_hash": prompts.combined_hash,
                         **{f"prompt_hash.{s}": h for s, h in prompts.hashes.items()}})
+    benchmarks = contamination_benchmarks(cfg)
     if cfg.dry_run:
-        return _dry_run(cfg, tracked, prompts)
-    selection = select_questions(cfg)
+        return _dry_run(cfg, tracked, prompts, benchmarks)
+    selection = select_questions(cfg, benchmarks)
     tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
                         "source_origin": selection.origin})
     ledger = Ledger(load_prices(), Budget.from_setting(cfg.budget_usd))
@@ -99,13 +102,53 @@ def _datasets_dir(cfg: DictConfig) -> str:
     return str(Path(cfg.paths.cache) / "datasets")
 
 
-def select_questions(cfg: DictConfig) -> Selection:
+BENCHMARK_DIR_ENV = "FGRFT_BENCHMARK_DIR"
+
+
+def reads_real_source(cfg: DictConfig) -> bool:
+    """Anything but the bundled sample questions."""
+    return cfg.source.name != "sample" or bool(cfg.source.path)
+
+
+def contamination_benchmarks(cfg: DictConfig) -> dict[str, Any] | None:
+    """The benchmark spec the contamination check runs against (None: ``contamination.mode=skip``).
+
+    A real source is checked against every benchmark or not started at all: a run that could
+    not check would pay for questions that training later drops as contaminated. So when a
+    benchmark cannot be loaded here, this raises before anything is loaded or called.
+    ``benchmark.dir`` falls back to ``$FGRFT_BENCHMARK_DIR``."""
+    if cfg.contamination.mode == "skip":
+        log.warning("contamination.mode=skip: the questions are NOT checked against the evaluation "
+                    "sets; summary.json records contamination as not_checked")
+        return None
+    spec = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    if not spec.get("dir") and os.environ.get(BENCHMARK_DIR_ENV):
+        spec["dir"] = os.environ[BENCHMARK_DIR_ENV]
+        log.info("contamination: benchmark.dir from $%s = %s", BENCHMARK_DIR_ENV, spec["dir"])
+    if not reads_real_source(cfg):
+        return spec  # the bundled sample never overlaps the bundled benchmarks; check what is here
+    try:
+        load_benchmark(spec, cache_dir=_datasets_dir(cfg))
+    except DataUnavailable as exc:
+        raise ConfigError(
+            f"contamination check: source={cfg.source.name} is real data, and benchmark="
+            f"{spec.get('name')} cannot be loaded here: {exc}. Stage 1 refuses to start without "
+            f"every benchmark it checks against (it would pay for questions training later drops): "
+            f"set benchmark.dir (or ${BENCHMARK_DIR_ENV}) to the directory holding the thesis "
+            f"benchmark files, or opt out explicitly with contamination.mode=skip") from exc
+    return spec
+
+
+def select_questions(cfg: DictConfig, benchmarks: dict[str, Any] | None) -> Selection:
     load = load_source(_source_spec(cfg), cache_dir=_datasets_dir(cfg))
     if load.duplicates_dropped:
         log.info("source %s: %d repeated questions dropped", load.origin, load.duplicates_dropped)
     settings = OverlapSettings(n=cfg.contamination.ngram, min_shared=cfg.contamination.min_shared_ngrams)
-    report = check_contamination(load.questions, OmegaConf.to_container(cfg.benchmark, resolve=True),
-                                 settings, cache_dir=_datasets_dir(cfg))
+    if benchmarks is None:
+        report: dict[str, Any] = {"not_checked": "contamination.mode=skip"}
+    else:
+        report = check_contamination(load.questions, benchmarks, settings,
+                                     cache_dir=_datasets_dir(cfg))
     if "not_checked" in report:
         log.warning("contamination: not checked against every benchmark: %s", report["not_checked"])
     hits: dict[str, list[str]] = {}
@@ -125,12 +168,13 @@ def select_questions(cfg: DictConfig) -> Selection:
 # ----------------------------------------------------------------------------- 2. plan
 
 
-def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet) -> dict[str, Any]:
+def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet,
+             benchmarks: dict[str, Any] | None) -> dict[str, Any]:
     settings = {role: role_settings(cfg, role) for role in ROLES}
     notes: list[str] = []
     extra: dict[str, Any] = {}
     try:
-        selection = select_questions(cfg)
+        selection = select_questions(cfg, benchmarks)
         shape, count = selection.questions, len(selection.questions)
         extra = {"source": selection.origin, "contamination": selection.contamination,
                  "contaminated": len(selection.contaminated),
@@ -254,6 +298,7 @@ def build_summary(outcomes: list[Outcome], selection: Selection, ledger: Ledger,
         "dropped": {r: dropped[r] for r in REASONS if dropped[r]},
         "verdicts": verdicts,
         "revision_rate": round(revised / gated, 4) if gated else 0.0,
+        "final_uncommitted": sum(o.kept and o.final_uncommitted for o in outcomes),
         **ledger.summary(),
         "wall_s": round(wall_s, 2),
         "contamination": selection.contamination,
@@ -266,7 +311,8 @@ def build_summary(outcomes: list[Outcome], selection: Selection, ledger: Ledger,
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    metrics = {k: summary[k] for k in ("questions", "kept", "revision_rate", "calls", "cache_hits",
+    metrics = {k: summary[k] for k in ("questions", "kept", "revision_rate", "final_uncommitted",
+                                       "calls", "cache_hits",
                                        "cost_usd", "wall_s", "revised", "fallbacks",
                                        "duplicates_dropped")}
     metrics["dropped"] = sum(summary["dropped"].values())

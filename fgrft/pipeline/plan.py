@@ -23,7 +23,7 @@ from fgrft.llm import Estimate, PlannedCall, estimate, load_prices
 from fgrft.llm.accounting import CHARS_PER_TOKEN
 from fgrft.pipeline.backends import ROLES, is_local, is_reasoning, served_model
 from fgrft.pipeline.prompts import PromptSet
-from fgrft.pipeline.steps import STEPS, context, empty_outputs
+from fgrft.pipeline.steps import empty_outputs
 from fgrft.records import Question
 
 REVISION_RATE_ASSUMED = 0.3
@@ -39,10 +39,12 @@ class Plan:
 
 
 def prompt_chars(prompts: PromptSet, step: str, q: Question, *, revision: bool = False) -> int:
-    variables = context(step, q, empty_outputs(), revise_note="" if revision else None)
+    steps = prompts.recipe.steps
+    variables = prompts.recipe.context(step, q, empty_outputs(), revise_note="" if revision else None)
     own = len(prompts.render_context(step, variables))
-    inputs = STEPS[step].inputs + (("p3", "gate") if revision else ())  # + the chain and note
-    return own + sum(STEPS[i].expected_output_tokens for i in inputs) * CHARS_PER_TOKEN
+    extra = (("p3", "gate") if prompts.recipe.revision_edits_chain else ("gate",)) if revision else ()
+    inputs = steps[step].inputs + extra  # + the note (and the rejected chain, if the recipe shows it)
+    return own + sum(steps[i].expected_output_tokens for i in inputs) * CHARS_PER_TOKEN
 
 
 def make_plan(prompts: PromptSet, questions: Sequence[Question], count: int,
@@ -50,15 +52,16 @@ def make_plan(prompts: PromptSet, questions: Sequence[Question], count: int,
     """``count`` questions shaped like ``questions`` (the same list, or a sample of it)."""
     calls: list[PlannedCall] = []
     revised = round(count * REVISION_RATE_ASSUMED) if max_revisions > 0 else 0
-    steps = [(name, name, count, False) for name in STEPS]
+    recipe_steps = prompts.recipe.steps
+    steps = [(name, name, count, False) for name in recipe_steps]
     steps += [("p3", "p3 revision", revised, True)]
     if regate:
         steps += [("gate", "gate recheck", revised, False)]
     for name, label, n, revision in steps:
         if n == 0 or not questions:
             continue
-        role = settings[STEPS[name].role]
-        out = min(STEPS[name].expected_output_tokens, int(role["max_output_tokens"]))
+        role = settings[recipe_steps[name].role]
+        out = min(recipe_steps[name].expected_output_tokens, int(role["max_output_tokens"]))
         if is_reasoning(role):
             out += REASONING_TOKENS_ASSUMED
         chars = sum(prompt_chars(prompts, name, q, revision=revision)

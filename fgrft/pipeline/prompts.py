@@ -1,12 +1,13 @@
 """Stage 1 prompt templates: loaded from prompts/, identified by content hash, rendered per step.
 
-    prompts = load_prompts()
+    prompts = load_prompts("thesis")               # or "fgrft_plus": the recipe's folder
     text = prompts.render("p2", q, outputs)       # the user message of P2 for question q
     prompts.hashes                                 # {"p1": "3f0c...", ...} -> meta.prompt_hashes
 
 A template's hash is the sha256 of its file's text (16 hex digits), so editing one prompt
 changes its hash (and, through the request bytes, the response-cache keys of that step only).
-The variables a template receives come from :func:`fgrft.pipeline.steps.context`, and an
+The variables a template receives come from the recipe's context function
+(:mod:`fgrft.pipeline.steps`), and an
 undefined variable is an error (``StrictUndefined``), never an empty string.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 import jinja2
 
 from fgrft.config import PROMPTS_DIR
-from fgrft.pipeline.steps import STEP_NAMES, STEPS, context
+from fgrft.pipeline.steps import STEP_NAMES, Recipe, get_recipe
 from fgrft.records import Question
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
@@ -33,6 +34,7 @@ def content_hash(text: str) -> str:
 @dataclass
 class PromptSet:
     texts: dict[str, str]                       # step -> template source
+    recipe: Recipe                              # whose inputs and schemas the templates expect
     hashes: dict[str, str] = field(init=False)  # step -> content hash
     _compiled: dict[str, jinja2.Template] = field(init=False, repr=False)
 
@@ -53,19 +55,22 @@ class PromptSet:
 
     def render(self, step: str, q: Question, outputs: Mapping[str, Any] | None = None, *,
                revise_note: str | None = None) -> str:
-        return self.render_context(step, context(step, q, outputs or {}, revise_note=revise_note))
+        variables = self.recipe.context(step, q, outputs or {}, revise_note=revise_note)
+        return self.render_context(step, variables)
 
     def messages(self, step: str, q: Question, outputs: Mapping[str, Any] | None = None, *,
                  revise_note: str | None = None) -> list[dict]:
         return [{"role": "user", "content": self.render(step, q, outputs, revise_note=revise_note)}]
 
 
-def load_prompts(directory: str | Path | None = None) -> PromptSet:
-    directory = Path(directory) if directory is not None else PROMPTS_DIR
+def load_prompts(recipe: str, directory: str | Path | None = None) -> PromptSet:
+    """The templates of ``recipe`` from its folder under prompts/ (or from ``directory``)."""
+    spec = get_recipe(recipe)
+    directory = Path(directory) if directory is not None else PROMPTS_DIR / spec.prompt_subdir
     texts = {}
-    for name, step in STEPS.items():
+    for name, step in spec.steps.items():
         path = directory / step.template
         if not path.is_file():
             raise FileNotFoundError(f"prompt template for step {name!r} not found: {path}")
         texts[name] = path.read_text(encoding="utf-8")
-    return PromptSet(texts)
+    return PromptSet(texts, spec)

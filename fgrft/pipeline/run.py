@@ -9,6 +9,10 @@ Per question the chain is sequential (each step needs the last one's answer):
     P1 -> P2 -> P3 -> gate --Pass--------------------------------> P4 -> P5
                           \\-Revise-> P3' (the gate's note) [-> gate again if regate] -/
 
+The recipe (``prompts.recipe``) decides each step's inputs and schema, what a revision sees
+(recipe ``thesis``: P3's own inputs plus the note, a regeneration; ``fgrft_plus``: also the
+rejected chain, an edit) and the final-answer rule (:func:`fgrft.pipeline.guards.check_final`).
+
 At most ``max_revisions`` revisions. Without ``regate`` (the thesis) the revised chain is
 accepted without a second gate; with it, the gate runs after every revision and a chain it
 still sends back once the revisions are used up is dropped (``gate_failed``). A gate verdict
@@ -39,7 +43,6 @@ from fgrft.llm import (BudgetExhaustedError, Endpoint, FatalAPIError, OutputErro
 from fgrft.pipeline import guards
 from fgrft.pipeline.guards import Rejected
 from fgrft.pipeline.prompts import PromptSet
-from fgrft.pipeline.steps import STEPS
 from fgrft.records import Gold, Question, TrainingMeta, TrainingRecord, question_with_options
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class Outcome:
     fallbacks: int = 0
     student_letter: str | None = None
     p2_contradicts_gold: bool = False   # P2 said Correct about a wrong student answer
+    final_uncommitted: bool = False     # kept although P5's text commits to no option (thesis)
     record: TrainingRecord | None = None
 
     def to_dict(self) -> dict:
@@ -83,7 +87,8 @@ class Outcome:
                 "step": self.step, "detail": self.detail, "revised": self.revised,
                 "verdicts": self.verdicts, "models": self.models, "fallbacks": self.fallbacks,
                 "student_letter": self.student_letter,
-                "p2_contradicts_gold": self.p2_contradicts_gold}
+                "p2_contradicts_gold": self.p2_contradicts_gold,
+                "final_uncommitted": self.final_uncommitted}
 
 
 def derived_seed(question_id: str, label: str, salt: Any = 0, tries: int = 0) -> int:
@@ -112,7 +117,7 @@ class Pipeline:
 
     async def _ask(self, ep: Endpoint, step: str, label: str, q: Question, messages: list[dict],
                    sampling: Sampling) -> dict:
-        schema = STEPS[step].schema("".join(sorted(q.options)), sampling.max_tokens)
+        schema = self.prompts.recipe.steps[step].schema("".join(sorted(q.options)), sampling.max_tokens)
         result = await ep.call(messages, schema=schema, schema_name=f"fgrft_{step}",
                                sampling=sampling, id=q.id, step=label)
         return result.parsed
@@ -120,7 +125,7 @@ class Pipeline:
     async def call(self, step: str, label: str, q: Question, outcome: Outcome,
                    messages: list[dict]) -> dict:
         """One step's answer, from the role's model (or, for the verifier, its fallback)."""
-        role = STEPS[step].role
+        role = self.prompts.recipe.steps[step].role
         ep = self.endpoints[role]
         fb = self.fallback if role == "verifier" else None
         tries = fb.after_failures if fb is not None else 1
@@ -197,12 +202,15 @@ class Pipeline:
                                   await step("gate", gate_label))
             out.verdicts[gate_label] = verdict
 
-        check(_last_p3(out), guards.check_decision, outputs["p3"], q)
+        rule = p.recipe.final_rule
+        check(_last_p3(out), guards.check_decision, outputs["p3"], q, rule)
         outputs["p4"] = await step("p4", "p4")
+        check("p4", guards.check_nonempty, outputs["p4"]["natural_reasoning"], "P4")
         check("p4", guards.check_target_format, outputs["p4"]["natural_reasoning"], "P4")
         p5 = await step("p5", "p5")
+        check("p5", guards.check_nonempty, p5["response"], "P5")
         check("p5", guards.check_target_format, p5["response"], "P5")
-        check("p5", guards.check_final, p5["response"], q)
+        out.final_uncommitted = not check("p5", guards.check_final, p5["response"], q, rule)
 
         out.kept = True
         out.record = TrainingRecord(

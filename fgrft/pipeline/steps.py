@@ -1,4 +1,22 @@
-"""The six Stage 1 steps: who runs each, what it sees, and the JSON it must return.
+"""The six Stage 1 steps of each recipe: who runs each, what it sees, and the JSON it must return.
+
+Two recipes (``recipe=``), each a :class:`Recipe` in :data:`RECIPES`:
+
+* ``thesis`` (the default) is the thesis's notebook step for step (THESIS.md, "Stage 1"):
+
+    P1    generator  student                  question, options                      (no gold)
+    P2    verifier   teacher-judge            question, options, gold, P1's JSON
+    P3    generator  guided corrector         question, options, gold, feedback, P1's JSON
+    gate  verifier   validation gate (P2.5)   feedback, P3's JSON      (no question, no options)
+    P3'   generator  revision                 P3's inputs again + the gate's note (a regeneration)
+    P4    generator  conversational CoT       question (no options), P3's chain
+    P5    generator  final response           question, P4's text   (no options, no decision)
+
+  Its schemas state only what its prompts state: field names, verdict enums, the option
+  letter, the counts the prompts give (3-5 angles, 2-4 differentials, 1-3 suggestions); no
+  string length caps, and P2's guidance items are lists.
+
+* ``fgrft_plus`` is this project's variant (prompts/README.md lists every difference and why):
 
     P1    generator  student: multi-angle reasoning          question, options           (no gold)
     P2    verifier   teacher-judge                           + gold, P1's analysis
@@ -8,11 +26,12 @@
     P4    generator  conversational chain of thought         question, options, P3's chain
     P5    generator  final response                          question, options, P4's text, P3's decision
 
-*What each step sees* is enforced by :func:`context`: a step's template only receives the
+*What each step sees* is enforced by the recipe's context function (:func:`context`,
+:func:`thesis_context`): a step's template only receives the
 variables listed there, and templates render with ``StrictUndefined``, so a template that
 reaches for anything else (the gold answer in P1, say) fails to render instead of leaking.
 
-*Schemas.* Every answer is a JSON object with every property required, no extra properties
+*Schemas* (``fgrft_plus``). Every answer is a JSON object with every property required, no extra properties
 (OpenAI's strict mode), enums for verdicts (``Correct|Error``, ``Pass|Revise``) and option
 letters, and bounded strings. The bounds are fitted to the step's output cap
 (:func:`fitted_scale`): with every string at its maximum the answer still fits in
@@ -236,3 +255,133 @@ def empty_outputs() -> dict[str, Any]:
                    "correct_reasoning": [], "incorrect_reasoning": []},
             "p3": {f: "" for f in CHAIN_FIELDS},
             "p4": {"natural_reasoning": ""}}
+
+
+# ----------------------------------------------------------------------------- the thesis recipe
+# Schemas that add no constraint the thesis's prompts did not state: no string length caps,
+# lists unbounded unless the prompt gives a count. Objects still list every property as
+# required and forbid extras (OpenAI's strict mode needs that of any schema it enforces).
+
+_STR = {"type": "string"}
+
+
+def _strs(lo: int = 0, hi: int | None = None) -> dict:
+    out: dict[str, Any] = {"type": "array", "items": _STR}
+    if lo:
+        out["minItems"] = lo
+    if hi is not None:
+        out["maxItems"] = hi
+    return out
+
+
+def thesis_p1_schema(letters: str, scale: float) -> dict:
+    return _obj(
+        angles=_list(_obj(angle=_STR, notes=_STR, intermediate_conclusion=_STR), 3, 5),
+        medical_knowledge=_obj(pathophysiology=_STR, typical_presentations=_STR,
+                               diagnostic_criteria_or_tests=_STR),
+        differentials=_list(_obj(diagnosis=_STR, supports=_STR, counters=_STR, likelihood=_UNIT),
+                            2, 4),
+        synthesis=_obj(best_hypothesis=_STR, why=_STR, why_others_fail=_STR),
+        option_alignment=_obj(chosen_letter={"type": "string", "enum": list(letters)}, why=_STR,
+                              confidence=_UNIT),
+        final_answer={"type": "string", "enum": [f"The answer is: {x}" for x in letters]},
+    )
+
+
+def thesis_p2_schema(letters: str, scale: float) -> dict:
+    return _obj(
+        verdict={"type": "string", "enum": list(P2_VERDICTS)},
+        correct_reasoning=_strs(),
+        incorrect_reasoning=_strs(),
+        correction_guidance=_obj(must_add=_strs(), must_fix=_strs(), key_knowledge=_strs()),
+        improvement_suggestions=_strs(1, 3),
+    )
+
+
+def thesis_p3_schema(letters: str, scale: float) -> dict:
+    return _obj(reasoning_chain=_obj(**{f: _STR for f in CHAIN_FIELDS}))
+
+
+def thesis_gate_schema(letters: str, scale: float) -> dict:
+    return _obj(verdict={"type": "string", "enum": list(GATE_VERDICTS)}, revise_note=_STR)
+
+
+def thesis_p4_schema(letters: str, scale: float) -> dict:
+    return _obj(natural_reasoning=_STR)
+
+
+def thesis_p5_schema(letters: str, scale: float) -> dict:
+    return _obj(response=_STR)
+
+
+THESIS_STEPS: dict[str, Step] = {s.name: s for s in (
+    Step("p1", GENERATOR, "p1_student.txt", thesis_p1_schema, 950, ()),
+    Step("p2", VERIFIER, "p2_verifier.txt", thesis_p2_schema, 500, ("p1",)),
+    Step("p3", GENERATOR, "p3_corrector.txt", thesis_p3_schema, 700, ("p1", "p2")),
+    Step("gate", VERIFIER, "gate_check.txt", thesis_gate_schema, 60, ("p2", "p3")),
+    Step("p4", GENERATOR, "p4_conversation.txt", thesis_p4_schema, 550, ("p3",)),
+    Step("p5", GENERATOR, "p5_response.txt", thesis_p5_schema, 230, ("p4",)),
+)}
+
+
+def thesis_context(step: str, q: Question, outputs: Mapping[str, Any], *,
+                   revise_note: str | None = None) -> dict[str, Any]:
+    """The thesis's inputs per step (THESIS.md's Stage 1 table), nothing more."""
+    stem = {"question": q.question, "options": format_options(q.options),
+            "letters": ", ".join(sorted(q.options))}
+    gold = {"gold_letter": q.answer_idx, "gold_text": q.answer}
+    if step == "p1":
+        return stem
+    if step == "p2":
+        return {**stem, **gold, "student_analysis": dump(outputs["p1"])}
+    if step == "p3":
+        # A revision is P3 again from P1's analysis with the gate's note, not an edit of the
+        # chain the gate rejected.
+        return {**stem, **gold, "student_analysis": dump(outputs["p1"]),
+                "feedback": dump(compressed_feedback(q, outputs["p2"])),
+                "revise_note": revise_note}
+    if step == "gate":
+        return {"feedback": dump(compressed_feedback(q, outputs["p2"])),
+                "chain": dump({"reasoning_chain": dict(outputs["p3"])})}
+    if step == "p4":
+        return {"question": q.question, "chain": dump(dict(outputs["p3"]))}
+    if step == "p5":
+        return {"question": q.question, "natural_reasoning": outputs["p4"]["natural_reasoning"]}
+    raise KeyError(f"unknown step {step!r}; steps: {', '.join(STEP_NAMES)}")
+
+
+# ----------------------------------------------------------------------------- recipes
+
+FINAL_MUST_NAME_GOLD = "must_name_gold"       # no letter, or another letter: dropped
+FINAL_MUST_NOT_NAME_OTHER = "must_not_name_other"  # another letter dropped; none kept, counted
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of running the six steps: prompts, schemas, inputs and the final-answer rule."""
+
+    name: str
+    prompt_subdir: str            # under prompts/ ("" = prompts/ itself)
+    steps: dict[str, Step]
+    context: Callable[..., dict[str, Any]]
+    final_rule: str               # FINAL_MUST_NAME_GOLD | FINAL_MUST_NOT_NAME_OTHER
+    revision_edits_chain: bool    # a revision sees the rejected chain (else regenerates from P1)
+
+
+RECIPES: dict[str, Recipe] = {
+    # P5 never sees the options, so a final text that names no letter is the thesis's normal
+    # output (0 of its 1,000 published responses start with "The answer is"): kept, counted.
+    "thesis": Recipe("thesis", "thesis", THESIS_STEPS, thesis_context, FINAL_MUST_NOT_NAME_OTHER,
+                     revision_edits_chain=False),
+    # The project's variant keeps its templates where they always were (prompts/*.txt).
+    "fgrft_plus": Recipe("fgrft_plus", "", STEPS, context, FINAL_MUST_NAME_GOLD,
+                         revision_edits_chain=True),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"recipe={name!r} is not a Stage 1 recipe; recipes: "
+                         f"{', '.join(RECIPES)}") from None

@@ -106,10 +106,17 @@ def _ids(out: Any) -> list[int]:
     return list(ids)
 
 
+TRUNCATION_SIDES = ("right", "left")
+
+
 def tokenize_example(tokenizer: Any, record_id: str, messages: list[dict[str, str]], *,
                      training_template: str, max_seq_len: int, stock_template: str | None = None,
-                     origin: str | None = None) -> Example:
-    """Token ids and labels of one conversation, truncated at the end of the response if needed."""
+                     origin: str | None = None, truncation_side: str = "right") -> Example:
+    """Token ids and labels of one conversation cut to ``max_seq_len`` if longer: ``right`` keeps
+    the first tokens (the prompt and the start of the response), ``left`` the last ones (the
+    thesis: the end of the response, the prompt's start lost first)."""
+    if truncation_side not in TRUNCATION_SIDES:
+        raise ValueError(f"trainer.truncation_side must be one of {TRUNCATION_SIDES}, got {truncation_side!r}")
     out = tokenizer.apply_chat_template(messages, chat_template=training_template, tokenize=True,
                                         return_dict=True, return_assistant_tokens_mask=True)
     input_ids = _ids(out)
@@ -128,23 +135,27 @@ def tokenize_example(tokenizer: Any, record_id: str, messages: list[dict[str, st
                 "the training chat template does not render the stock template's prompt (or the prompt's "
                 "last token merges with the response); the model would train on a context it never sees at "
                 "inference", record_id=record_id, field="chat_template", origin=origin)
-    if prompt_len >= max_seq_len:
+    if truncation_side == "right" and prompt_len >= max_seq_len:
         raise FormattingError(
             f"the prompt is {prompt_len} tokens but trainer.max_seq_len is {max_seq_len}: no response token "
             "would fit; raise trainer.max_seq_len", record_id=record_id, field="Question", origin=origin)
     truncated = len(input_ids) > max_seq_len
-    if truncated:
+    if truncated and truncation_side == "left":
+        input_ids, labels = input_ids[-max_seq_len:], labels[-max_seq_len:]
+    elif truncated:
         input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
     return Example(record_id=record_id, input_ids=input_ids, labels=labels, truncated=truncated)
 
 
 def tokenize_records(tokenizer: Any, records: Sequence[TrainingRecord], *, prompt_template: str,
                      target_format: str, training_template: str, max_seq_len: int,
-                     stock_template: str | None = None, origin: str | None = None) -> tuple[TokenizedSet, str]:
+                     stock_template: str | None = None, origin: str | None = None,
+                     truncation_side: str = "right") -> tuple[TokenizedSet, str]:
     """Tokenize every record; return the set and the hash of the rendered conversations."""
     conversations = [to_messages(r, prompt_template, target_format) for r in records]
     examples = [tokenize_example(tokenizer, r.id, m, training_template=training_template,
-                                 max_seq_len=max_seq_len, stock_template=stock_template, origin=origin)
+                                 max_seq_len=max_seq_len, stock_template=stock_template, origin=origin,
+                                 truncation_side=truncation_side)
                 for r, m in zip(records, conversations)]
     truncated = [e.record_id for e in examples if e.truncated]
     return TokenizedSet(examples, truncated), data_hash(conversations)

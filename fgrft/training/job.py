@@ -134,10 +134,12 @@ def prepare(cfg: DictConfig) -> Prepared:
     tokenized, digest = tokenize_records(
         tokenizer, records, prompt_template=load_template(cfg.prompt.template),
         target_format=cfg.data.target_format, training_template=_training_template(tokenizer, cfg.model),
-        max_seq_len=cfg.trainer.max_seq_len, stock_template=tokenizer.chat_template, origin=origin)
+        max_seq_len=cfg.trainer.max_seq_len, stock_template=tokenizer.chat_template, origin=origin,
+        truncation_side=cfg.trainer.truncation_side)
     if tokenized.truncated_ids:
-        log.warning("%d of %d examples are longer than trainer.max_seq_len=%d; their responses are cut",
-                    len(tokenized.truncated_ids), len(tokenized.examples), cfg.trainer.max_seq_len)
+        log.warning("%d of %d examples are longer than trainer.max_seq_len=%d; cut from the %s (trainer.truncation_side)",
+                    len(tokenized.truncated_ids), len(tokenized.examples), cfg.trainer.max_seq_len,
+                    cfg.trainer.truncation_side)
     base = resolved.hub_id or resolved.builder or str(resolved.path)
     if resolved.path is not None and (parent := read_lineage(resolved.path)):
         base = parent.get("base_model") or base  # a checkpoint trained here keeps its original base
@@ -169,28 +171,61 @@ def _check_trainer(t: DictConfig) -> None:
 
 
 def _load_records(cfg: DictConfig) -> tuple[list[TrainingRecord], str, dict[str, Any] | None]:
-    """The training records, and for an arm restricted to the FGRFT question ids, how many matched."""
+    """The training records, and for an ablation arm restricted to shared question ids, how many matched.
+
+    An arm's ids are the FGRFT ids (``fgrft_records``) that the ``shared_ids_with`` data set also
+    holds (by stem_id), so every arm of an ablation trains on the same questions; a naive-CoT arm
+    takes the FGRFT ids even without ``shared_ids_with``. An arm that finds fewer than
+    ``min_id_match`` of the FGRFT ids fails with the counts instead of training on fewer."""
     spec = OmegaConf.to_container(cfg.data, resolve=True)
     cache = str(Path(cfg.paths.cache) / "datasets")
     fgrft_file = cfg.get("fgrft_records")
     if spec.get("format") == "fgrft" and fgrft_file and not spec.get("path"):
         spec["path"], spec["n"] = fgrft_file, None  # the ids are the file's: no second draw
     origin = spec.get("path") or f"data={spec.get('name')}"
-    ids = _fgrft_ids(cfg, cache) if spec.get("format") == "naive_cot" and not spec.get("path") else None
-    if ids is not None:
+    shared_with = cfg.get("shared_ids_with")
+    restricted = spec.get("format") == "naive_cot" and not spec.get("path")
+    ids = _fgrft_ids(cfg, cache) if restricted or shared_with else None
+    if restricted:
         spec["n"] = None  # the FGRFT ids pick the questions, not a seeded draw of this set
     records = load_training_records(spec, cache_dir=cache)
     matched = None
     if ids is not None:
-        ids_origin, wanted = ids
+        ids_origin, fgrft_ids = ids
+        wanted = fgrft_ids
+        if shared_with:
+            other = {r.stem_id for r in load_training_records(_shared_spec(cfg, shared_with), cache_dir=cache)}
+            wanted = [i for i in fgrft_ids if i in other]
         picked = select_records(records, wanted, key="stem_id")
-        matched = {"ids_from": ids_origin, "ids_requested": picked.requested, "ids_matched": picked.matched}
-        log.info("%s: %d of %d FGRFT question ids found (by stem_id) in %s", cfg.data.name, picked.matched,
-                 picked.requested, origin)
+        matched = {"ids_from": ids_origin, "ids_requested": len(set(fgrft_ids)), "ids_matched": picked.matched}
+        log.info("%s: %d of %d FGRFT question ids found (by stem_id) in %s%s", cfg.data.name, picked.matched,
+                 matched["ids_requested"], origin, f" and data={shared_with}" if shared_with else "")
+        share = picked.matched / matched["ids_requested"] if matched["ids_requested"] else 0.0
+        if share < cfg.min_id_match:
+            raise ValueError(
+                f"{origin}: only {picked.matched} of the {matched['ids_requested']} FGRFT question ids "
+                f"({share:.1%}) are available to this arm ({ids_origin}"
+                f"{f' intersected with data={shared_with}' if shared_with else ''}); min_id_match="
+                f"{cfg.min_id_match} needs at least {cfg.min_id_match:.0%}. The arms would not compare the "
+                f"same questions; lower min_id_match to accept it")
         records = picked.records
     if not records:
         raise ValueError(f"{origin}: the training set is empty")
     return records, origin, matched
+
+
+def _shared_spec(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """The data option ``name``'s spec, resolved at the job's scale, with every record (no draw)."""
+    from fgrft.config import CONF_DIR
+    from fgrft.config.scale import apply_scale
+
+    path = CONF_DIR / "data" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"shared_ids_with={name!r} is not a data option (no {path})")
+    shadow = OmegaConf.create({"scale": cfg.scale, "data": OmegaConf.load(path)})
+    spec = OmegaConf.to_container(apply_scale(shadow).data, resolve=True)
+    spec["n"] = None
+    return spec
 
 
 def _fgrft_ids(cfg: DictConfig, cache: str) -> tuple[str, list[str]] | None:
@@ -263,13 +298,14 @@ def _training_template(tokenizer: Any, model: DictConfig) -> str:
 def _trainer(cfg: DictConfig, prepared: Prepared, run_dir: Path, **sft_overrides: Any):
     from datasets import Dataset
 
-    from .trainer import build_trainer, sft_config
+    from .trainer import Fidelity, build_trainer, sft_config
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     args = sft_config(trainer_cfg, output_dir=run_dir / CHECKPOINTS_DIR, batching=prepared.batching,
                       **sft_overrides)
     dataset = Dataset.from_dict(prepared.tokenized.columns())
-    return build_trainer(prepared.model_location, prepared.tokenizer, dataset, args, lora=trainer_cfg["lora"])
+    return build_trainer(prepared.model_location, prepared.tokenizer, dataset, args, lora=trainer_cfg["lora"],
+                         fidelity=Fidelity.from_trainer(trainer_cfg))
 
 
 def _final_weights(trainer: Any) -> tuple[Any, Any]:
