@@ -74,7 +74,10 @@ _ANSWER_CUE = re.compile(
     r"\s+(?:answer|option|choice)(?:\s+(?:choice|option))?"
     r"|\banswer(?:\s+(?:choice|option))?"
     r")"
-    r"(?:\s+(?:to\s+(?:this|the)\s+question|here|then))?"
+    r"(?:\s+(?:to\s+(?:this|the)\s+question|here|then)"
+    # "the correct answer for this multiple-choice question is", "the best
+    # answer among the given options is": a short clause, no sentence end.
+    r"|\s+(?:to|for|among|in|of|from)\s[^.!?:;\n]{0,60}?(?=\s(?:is|would|will|should|must)\b))?"
     r"[\s*_]*"
     r"(?:(?P<neg>is\s+not\b|isn['’]t\b|is\s+never\b|would\s+not\s+be\b|wouldn['’]t\s+be\b"
     r"|cannot\s+be\b|can['’]t\s+be\b)"
@@ -103,6 +106,7 @@ _NEXT_TOKEN = re.compile(r"[ \t]+([a-z]+|\d)")
 # A capital, a full stop and a lower-case word: "C. difficile", "H. pylori".
 _GENUS = re.compile(r"\.[ \t]*[a-z]")
 _GAP_AFTER_LABEL = re.compile(r"[. \t]*")
+_LABEL_SEP = re.compile(r"[ \t*_]*[.):][ \t*_]*(?=[^\W_])")
 # What must precede a letter for "B is correct" to be a statement: a line
 # start, the end of a sentence, "(", "**", "option(s)" or "so/thus/therefore",
 # so that "type A is the most common" inside a sentence stays prose.
@@ -127,7 +131,56 @@ _NEGATION_BEFORE = re.compile(
     re.I)
 _NEGATION_WINDOW = 48
 
+# Said of an option, these deny it is the answer: "Answer: B is wrong", "A is
+# not the correct answer", "option A is likely a distractor", "the least likely".
+_STATUS_NEGATION = re.compile(
+    r"[ \t*_)\]\"'”’]*(?:\([^)\n]{0,80}\)[ \t*_]*)?"
+    r"(?:(?:is|was|would\s+be|seems\s+to\s+be|appears\s+to\s+be|seems|appears)[ \t]+)?"
+    r"(?:(?:also|probably|likely|definitely|clearly|therefore|thus|then)[ \t]+)*"
+    r"(?:incorrect|wrong|false\b|unlikely|less\s+likely|(?:the\s+)?least\s+likely"
+    r"|(?:an?\s+)?(?:distractor|red\s+herring)|ruled\s+out|excluded|eliminated"
+    r"|not\s+(?:the\s+)?(?:correct|right|best|true|answer|likely|most)\b)",
+    re.I)
+# Right before an answer cue, these make it name a wrong answer: "the wrong
+# answer is A", "not the correct option: B".
+_CUE_DENIED = re.compile(
+    r"(?:\b(?:wrong|incorrect|false|worst|least\s+likely|unlikely|not|never)|n['’]t)"
+    r"(?:\s+(?:the|an?|my))?[\s*_]*$", re.I)
+# "B is correct" says less than "B is the correct answer".
+_ANSWER_NOUN = re.compile(r"[ \t*_]+(?:answer|option|choice)\b", re.I)
+# A question mark before the sentence ends: "A is the correct answer?".
+_QUESTION = re.compile(r"[^\n.!?]{0,40}\?")
+# What may follow an option's text for it to stand as a whole answer.
+_TEXT_END = re.compile(r"[ \t*_\"'”’]*(?:\([^)\n]{0,80}\)[ \t*_]*)?(?:[.,;:!?\n]|$)")
+# "<option text> is the correct answer", "... would be the most relevant among
+# the given options". Starts right after the option text's last word.
+_TEXT_THEN_VERDICT = re.compile(
+    r"(?<![^\W_])(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be|remains)\s+(?:the\s+)?"
+    r"(?:correct|right|best|most\s+(?:likely|appropriate|accurate|relevant|suitable|probable|correct))"
+    r"(?:\s+(?:answer|option|choice)\b"
+    r"|[^.!?\n]{0,40}?\bamong\s+(?:the\s+|these\s+)?(?:given\s+|listed\s+|provided\s+)?(?:options|choices)\b)",
+    re.I)
+# What may stand between an option's text and that verb: "(NLPHL)", markup.
+_BEFORE_VERDICT = re.compile(r"[^\W_][*_\"'”’]*[ \t]*(?:\([^)\n]{0,80}\)[ \t]*)?[*_]*[ \t]*$")
+# "The most likely diagnosis is cerebral malaria.": an option's text as the
+# complement of "is", ending its sentence.
+_COPULA_BEFORE = re.compile(
+    r"(?<![^\W_])(?:is|are|was|would\s+be|will\s+be|should\s+be|remains)"
+    r"(?P<neg>\s+(?:not|never)\b)?[\s*_\"'“‘]+(?:(?:either|both|the|an?)\s+)?$", re.I)
+_SENTENCE_END = re.compile(
+    r"[ \t*_\"'”’]*(?:\([^)\n]{0,80}\)[ \t*_]*)?"
+    r"(?:[.;!\n]|$|,[ \t]+(?:which|as|because|since|due|given|that|and\s+(?:this|it))\b)", re.I)
+# "is B. Mitis salivarius agar", "is: **D. Xylene**".
+_COPULA_BEFORE_LABEL = re.compile(
+    r"(?<![^\W_])(?:is|would\s+be|will\s+be|should\s+be)[ \t]*:?[\s*_]*[(\[]?$", re.I)
+# Markup and end punctuation around the text of a label line.
+_LINE_MARKUP = re.compile(r"^[\s*_\"'“‘`]+|[\s*_\"'”’`.!,;:]+$")
+# A label line that glosses its option ("A. Gloves - removed last", "B. Elgiloy:
+# a cobalt alloy") is a discussion line, not an answer.
+_GLOSS = re.compile(r"[ \t*_\"'”’]*(?::|[ \t]+[-–—][ \t]+|[ \t]*[-–—]{1,2}[ \t]+)")
+
 _AMBIGUOUS = "?"  # marker for "this piece of evidence names several options"
+_CONFLICT = "!"   # marker for "a letter paired with another option's text"
 
 
 @dataclass(frozen=True)
@@ -136,6 +189,9 @@ class _LetterPatterns:
 
     letter_statement: re.Pattern[str]
     letter_is_correct: re.Pattern[str]
+    letter_is_wrong: re.Pattern[str]
+    copula_label: re.Pattern[str]
+    line_label: re.Pattern[str]
     letter_alternative: re.Pattern[str]
     option_mentions: re.Pattern[str]
     labels: tuple[re.Pattern[str], ...]
@@ -195,7 +251,21 @@ def _letter_patterns(letters: str) -> _LetterPatterns:
             r"(?:\([^)\n]{0,80}\)[ \t]*)?"
             r"(?i:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be)[ \t]+(?i:(?:the|an?)[ \t]+)?"
             r"(?i:(?:most[ \t]+)?(?:correct|right|best|likely|appropriate|accurate)\b)"
-            r"(?![ \t]+(?i:not|wrong|incorrect|to)\b)"),
+            r"(?![ \t]+(?i:not|wrong|incorrect|to|a[ \t]+distractor|distractor|false)\b)"),
+        letter_is_wrong=re.compile(
+            rf"(?P<letter>{cls})(?![^\W_])[ \t]*[.)\]]?[ \t]*(?:\*\*)?[ \t]*"
+            r"(?:\([^)\n]{0,80}\)[ \t]*)?"
+            r"(?i:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be)[ \t]+"
+            r"(?i:(?:(?:also|probably|likely|definitely|clearly)[ \t]+)*"
+            r"(?:incorrect|wrong|false\b|(?:the[ \t]+)?least[ \t]+likely|(?:an?[ \t]+)?distractor"
+            r"|not[ \t]+(?:the[ \t]+)?(?:correct|right|best)[ \t]+(?:answer|option|choice)\b))"),
+        # "is B. Mitis salivarius agar", "is: **D. Xylene**". Starts at the
+        # letter (fast to scan for); _COPULA_BEFORE_LABEL checks what precedes.
+        copula_label=re.compile(
+            rf"(?P<letter>{cls})(?![^\W_])[ \t]*[.)\]][ \t]*(?:\*\*[ \t]*)?(?=[^\W_])"),
+        line_label=re.compile(
+            rf"^[ \t>#*_\-•]*[(\[]?[ \t*_]*(?P<letter>{cls})(?![^\W_])[ \t*_]*(?P<sep>[.):\]]?)"
+            r"[ \t*_]*(?P<rest>[^\n]*)$", re.M),
         letter_alternative=re.compile(
             rf"[\s*_]*[)\]]?[\s*_.]*{_CONJUNCTION}[\s*_]*(?:{option_word}[ \t]*)?[(\[]?[ \t*_]*"
             rf"(?P<letter>{cls})(?![^\W_])"
@@ -355,6 +425,12 @@ def _answer_after_cue(item: _Item, text: str, pos: int) -> tuple[str, int] | Non
     found = _letter_after_cue(item, text, pos)
     if found:
         letter, end = found
+        sep = _LABEL_SEP.match(text, end)
+        labelled = _label_text(item, letter, text, sep.end()) if sep else None
+        if labelled and labelled[0] == _CONFLICT:
+            return labelled  # "the answer is A. <text of option C>"
+        if labelled:
+            end = labelled[1]  # "C. 28 Lp/mm or D. 30 Lp/mm" is still two answers
         alt = item.rx.letter_alternative.match(text, end)
         if alt and alt.group("letter") != letter:
             return _AMBIGUOUS, alt.end()
@@ -385,29 +461,223 @@ def _leading_generic(item: _Item, text: str) -> tuple[int, str, str] | None:
     return None
 
 
-def _statements(item: _Item, text: str) -> list[tuple[int, str, str]]:
-    """Answer statements as (position, letter or _AMBIGUOUS, evidence), in order."""
-    found: list[tuple[int, str, str]] = []
+def _norm(text: str) -> str:
+    """Letters and digits only, lower case: "Poly propylene" == "Polypropylene"."""
+    return "".join(_words(text))
+
+
+def _label_text(item: _Item, letter: str, text: str, pos: int) -> tuple[str, int] | None:
+    """What follows a letter label at pos: (its own letter, end) when the words are
+    that option's text, (_CONFLICT, end) when they are exactly another option's
+    text ("A. <text of option C>"), else None."""
+    after = _words_after(text, pos, _GAP_BEFORE_TEXT, item.lookahead_words)
+    if after is None:
+        return None
+    own = item.option_words.get(letter)
+    end = after.match_at(0, own) if own else None
+    if end is not None:
+        return letter, end
+    best = None
+    for other, words in item.option_words.items():
+        if other == letter or other in item.generic or (own and own[:len(words)] == words):
+            continue
+        e = after.match_at(0, words)
+        if e is not None and _TEXT_END.match(text, e) and (best is None or e > best[1]):
+            best = (_CONFLICT, e)
+    return best
+
+
+def _answer_events(item: _Item, text: str) -> list[tuple[int, str, str, str]]:
+    """Commitments and retractions in the order they occur.
+
+    Each event is (position, "commit" | "retract", letter or _AMBIGUOUS or
+    _CONFLICT, evidence). See the module docstring for what each form is.
+    """
+    events: list[tuple[int, str, str, str]] = []
+
+    def commit(pos: int, letter: str, evidence: str) -> None:
+        events.append((pos, "commit", letter, evidence.strip()))
+
+    def retract(pos: int, letter: str, evidence: str) -> None:
+        events.append((pos, "retract", letter, evidence.strip()))
+
     leading = _leading_generic(item, text)
     if leading:
-        found.append(leading)
+        commit(*leading)
     for cue in _ANSWER_CUE.finditer(text):
+        if _CUE_DENIED.search(text, max(0, cue.start() - 24), cue.start()):
+            continue  # "the wrong answer is A", "not the correct answer: B"
         answer = _answer_after_cue(item, text, cue.end())
+        if answer is None:
+            continue
+        letter, end = answer
+        evidence = text[cue.start():end]
         if cue.group("neg"):
             # "the answer is not A but B": only what follows "but" is asserted.
-            if answer is None:
-                continue
-            but = _BUT.match(text, answer[1])
-            answer = _answer_after_cue(item, text, but.end()) if but else None
-        if answer is not None:
-            found.append((cue.start(), answer[0], text[cue.start():answer[1]].strip()))
+            but = _BUT.match(text, end)
+            asserted = _answer_after_cue(item, text, but.end()) if but else None
+            if asserted is not None:
+                commit(cue.start(), asserted[0], text[cue.start():asserted[1]])
+            elif letter not in (_AMBIGUOUS, _CONFLICT):
+                retract(cue.start(), letter, evidence)
+        elif _QUESTION.match(text, end):
+            continue  # "Is the answer A?" asks, it does not answer
+        elif letter not in (_AMBIGUOUS, _CONFLICT) and _STATUS_NEGATION.match(text, end):
+            retract(cue.start(), letter, evidence)  # "Answer: B is wrong"
+        else:
+            commit(cue.start(), letter, evidence)
     for m in item.rx.letter_is_correct.finditer(text):
         # The letter must open a sentence or carry a label (see _LETTER_OPENER).
         start = m.start("letter")
+        if _LETTER_OPENER.search(text, max(0, start - 16), start) and not _QUESTION.match(text, m.end()):
+            if _ANSWER_NOUN.match(text, m.end()):
+                commit(start, m.group("letter"), m.group(0))
+            else:  # "B is correct": maybe the answer, maybe "statement B is true"
+                events.append((start, "weak", m.group("letter"), m.group(0).strip()))
+    for m in item.rx.letter_is_wrong.finditer(text):
+        start = m.start("letter")
         if _LETTER_OPENER.search(text, max(0, start - 16), start):
-            found.append((start, m.group("letter"), m.group(0).strip()))
-    found.sort(key=lambda s: s[0])
+            retract(start, m.group("letter"), m.group(0))
+    for m in item.rx.copula_label.finditer(text):
+        if not _COPULA_BEFORE_LABEL.search(text, max(0, m.start() - 24), m.start()):
+            continue
+        # "The medium of choice is B. Mitis salivarius agar": a letter label
+        # stated as the complement of "is" (not "C. difficile").
+        answer = _answer_after_cue(item, text, m.start())
+        if answer is None or _QUESTION.match(text, answer[1]):
+            continue
+        letter, end = answer
+        if letter not in (_AMBIGUOUS, _CONFLICT) and _STATUS_NEGATION.match(text, end):
+            retract(m.start(), letter, text[m.start():end])
+        else:
+            commit(m.start(), letter, text[m.start():end])
+    for m in _TEXT_THEN_VERDICT.finditer(text):
+        # "<option text> is the correct answer" / "would be the most relevant
+        # among the given options": the option's text stated as the answer.
+        before = _BEFORE_VERDICT.search(text, max(0, m.start() - 100), m.start())
+        found = _option_text_ending_at(item, text, before.start() + 1) if before else None
+        if found:
+            commit(found[1], found[0], text[found[1]:m.end()])
+    events.extend(_answer_lines(item, text))
+    events.sort(key=lambda e: e[0])
+    return events
+
+
+def _option_text_ending_at(item: _Item, text: str, end: int) -> tuple[str, int] | None:
+    """(letter, start) of the longest non-generic option text whose last word
+    ends exactly at ``end``, or None."""
+    window = text[max(0, end - 400):end]
+    t = _Words(window, _WORD.finditer(window))
+    best = None
+    for letter, words in item.option_words.items():
+        i = len(t.words) - len(words)
+        if letter in item.generic or i < 0 or t.match_at(i, words) != len(window):
+            continue
+        start = end - len(window) + t.starts[i]
+        if best is None or start < best[1]:
+            best = (letter, start)
+    return best
+
+
+def _answer_lines(item: _Item, text: str) -> list[tuple[int, str, str, str]]:
+    """Lines that state an answer by a label: "C", "**C.**", "C. <C's text>",
+    "(C) <C's text>", and the section's first line when it opens with "C.
+    <C's text>" and goes on in a sentence. Lines that list options one after
+    another (the question's option list echoed, or a one-line-per-option
+    walk-through) are not answers: a line counts only when no other label line
+    stands next to it (blank lines aside)."""
+    lines: list[tuple[int, str, str, bool]] = []  # (pos, letter, evidence, is_answer)
+    first = True
+    for m in item.rx.line_label.finditer(text):
+        letter, rest = m.group("letter"), m.group("rest")
+        is_first, first = first and not text[:m.start()].strip(), False
+        body = _LINE_MARKUP.sub("", rest)
+        if not body:
+            if m.group("sep") or "*" in m.group(0) or m.group(0).strip() == letter:
+                lines.append((m.start("letter"), letter, m.group(0), True))
+            continue
+        if _GENUS.match(text, m.end("sep") - 1 if m.group("sep") == "." else m.end("letter")) \
+                and _label_text(item, letter, text, m.start("rest")) is None:
+            continue  # "C. difficile colitis"
+        if not m.group("sep"):
+            continue  # "A patient with ...": the article
+        own = item.option_words.get(letter, ())
+        norm = _norm(body)
+        if norm and norm == "".join(own):
+            lines.append((m.start("letter"), letter, m.group(0), True))
+            continue
+        if any(norm == "".join(w) for k, w in item.option_words.items() if k != letter):
+            lines.append((m.start("letter"), _CONFLICT, m.group(0), True))
+            continue
+        words = _words(body)
+        if (own and words and len(words) <= len(own) + 2 and words[0][:3] == own[0][:3]
+                and not _GLOSS.search(body)):
+            # The option's text, reworded or misspelled ("Mitis" for "Mitus"):
+            # the label is what commits; the words only restate it.
+            lines.append((m.start("letter"), letter, m.group(0), True))
+            continue
+        labelled = _label_text(item, letter, text, m.start("rest"))
+        if is_first and labelled and labelled[0] == letter and not _GLOSS.match(text, labelled[1]) \
+                and not _STATUS_NEGATION.match(text, labelled[1]):
+            # The section opens with "C. <C's text> is ..." : its answer first.
+            lines.append((m.start("letter"), letter, text[m.start():labelled[1]], True))
+            continue
+        lines.append((m.start("letter"), letter, m.group(0), False))  # a discussion line
+
+    answers = {letter for _, letter, _, is_answer in lines if is_answer and letter != _CONFLICT}
+    if len(answers) >= 3:
+        return []  # "A. <text>" ... "B. <text>" ... "C. <text>": a walk through the options
+    events = []
+    for i, (pos, letter, evidence, is_answer) in enumerate(lines):
+        if not is_answer:
+            continue
+        neighbours = [lines[j] for j in (i - 1, i + 1) if 0 <= j < len(lines)]
+        if any(_only_blank_between(text, pos, other[0]) for other in neighbours):
+            continue  # part of a list of options
+        events.append((pos, "commit", letter, evidence.strip()))
+    return events
+
+
+def _only_blank_between(text: str, a: int, b: int) -> bool:
+    """Whether the lines holding offsets a and b are adjacent (blank lines aside)."""
+    lo, hi = sorted((a, b))
+    between = text[text.find("\n", lo) + 1 if "\n" in text[lo:hi] else hi:hi]
+    between = between[:between.rfind("\n") + 1] if "\n" in between else ""
+    return not between.strip()
+
+
+def _copula_texts(item: _Item, all_words: _AllWords) -> list[tuple[int, str, str]]:
+    """(position, letter, evidence) of each "... is <option text>." sentence."""
+    text = all_words.text
+    found = []
+    for letter, words in item.option_words.items():
+        if letter in item.generic:
+            continue
+        for start, end in all_words.occurrences(words):
+            cop = _COPULA_BEFORE.search(text, max(0, start - 40), start)
+            if cop is None or cop.group("neg") or not _SENTENCE_END.match(text, end):
+                continue
+            conj = _ALT_TEXT_PREFIX.match(text, end)
+            if conj and _option_text_after(item, text, conj.end()):
+                continue  # "is A or B."
+            found.append((cop.start(), letter, text[cop.start():end]))
+    found.sort()
     return found
+
+
+def _settle(events: list[tuple[int, str, str, str]]) -> tuple[str | None, str]:
+    """The standing commitment after every event: the last one, unless a later
+    retraction of the same letter cancelled it. A bare "B is correct" counts
+    only when nothing stronger commits: in a response that states its answer,
+    it judges a statement true ("Option C is correct as ...")."""
+    strong = any(kind == "commit" for _, kind, _, _ in events)
+    current, evidence = None, ""
+    for _, kind, letter, ev in events:
+        if kind == "commit" or (kind == "weak" and not strong):
+            current, evidence = letter, ev
+        elif kind == "retract" and letter == current:
+            current, evidence = None, ev
+    return current, evidence
 
 
 # -- tier 2: labelled options ----------------------------------------------
@@ -474,12 +744,21 @@ def extract(output: str, options: Mapping[str, str]) -> Extraction:
     text, section = final_section(output)
     item = _item(options)
 
-    statements = _statements(item, text)
-    if statements:
-        _, letter, evidence = statements[-1]  # the last statement wins
+    events = _answer_events(item, text)
+    if any(kind in ("commit", "weak") for _, kind, _, _ in events):
+        letter, evidence = _settle(events)
+        if letter == _CONFLICT:
+            return Extraction(None, "conflict", evidence=evidence, section=section)
+        if letter is None:
+            return Extraction(None, "retracted", evidence=evidence, section=section)
         return _decide([letter], "statement", evidence, section)
 
     all_words = _AllWords(text)
+    complements = _copula_texts(item, all_words)
+    if complements:
+        _, letter, evidence = complements[-1]  # the last one wins
+        return _decide([letter], "option_text", evidence, section)
+
     labelled = _labelled(item, text, all_words)
     if labelled:
         return _decide([letter for _, letter, _ in labelled], "labelled",
