@@ -121,6 +121,7 @@ _NEGATION_AFTER = re.compile(
     r"(?:(?:be|also|probably|likely|definitely|clearly|therefore|thus)\s+)*"
     r"(?:not\b|never\b|isn['’]t|aren['’]t|wasn['’]t|wouldn['’]t|doesn['’]t|does\s+not|do\s+not"
     r"|cannot|can['’]t|incorrect|wrong|unlikely|less\s+likely|less\s+appropriate|less\s+suitable"
+    r"|(?:the\s+)?least\s+(?:likely|appropriate|suitable|common)|(?:an?\s+)?distractor"
     r"|ruled\s+out|excluded|inappropriate|contraindicated|eliminated|false\b|a\s+distractor)",
     re.I)
 _NEGATION_BEFORE = re.compile(
@@ -272,7 +273,8 @@ def _letter_patterns(letters: str) -> _LetterPatterns:
             r"(?![ \t]+(?i:is|was|would|seems|can|could|may|might|has)\b)"),
         option_mentions=re.compile(
             rf"(?<![^\W_]){option_word}[ \t:#]*{one_letter}"
-            rf"(?P<more>(?:[ \t)\]]*{_CONJUNCTION}[ \t(\[]*(?:{option_word}[ \t]*)?{cls}(?![^\W_]))*)"),
+            rf"(?P<more>(?:[ \t)\]]*(?:,[ \t]*(?i:(?:and|or)\b)?|{_CONJUNCTION})[ \t(\[]*"
+            rf"(?:{option_word}[ \t]*)?{cls}(?![^\W_]))*)"),
         labels=(
             re.compile(rf"\([ \t]*(?P<letter>{cls})[ \t]*\)"),
             re.compile(rf"\\boxed\{{[ \t]*(?:\\text(?:bf)?\{{[ \t]*)?(?P<letter>{cls})[ \t]*\}}"),
@@ -713,6 +715,15 @@ def _labelled(item: _Item, text: str, all_words: _AllWords) -> list[tuple[int, s
 
 # -- tier 3: option text alone ----------------------------------------------
 
+def _denied_letters(item: _Item, text: str) -> set[str]:
+    """Letters the text names as wrong: "the other options (A, B, and D) are not ..."."""
+    denied = set()
+    for m in item.rx.option_mentions.finditer(text):
+        if _negated(text, m.start(), m.end()):
+            denied.update(re.findall(f"[{item.letters}]", m.group(0)[m.start("letter") - m.start():]))
+    return denied
+
+
 def _text_mentions(item: _Item, t: _AllWords) -> dict[str, str]:
     """Options whose text occurs on its own and not denied: letter -> evidence."""
     spans = [(start, end, letter)
@@ -765,6 +776,8 @@ def extract(output: str, options: Mapping[str, str]) -> Extraction:
                        "; ".join(ev for _, _, ev in labelled)[:200], section)
 
     mentions = _text_mentions(item, all_words)
+    denied = _denied_letters(item, text)
+    mentions = {k: v for k, v in mentions.items() if k not in denied}
     if mentions:
         return _decide(list(mentions), "option_text",
                        "; ".join(mentions.values())[:200], section)
