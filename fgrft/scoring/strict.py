@@ -115,6 +115,7 @@ _LETTER_OPENER = re.compile(
     r"|(?<![^\W_])(?:so|thus|therefore|hence),?[ \t]+)[(\[]?$",
     re.I | re.M)
 
+_COMMA = re.compile(r",[ \t]+$")
 _NEGATION_AFTER = re.compile(
     r"[\s.:)\]*_\-–—,]*(?:\([^)\n]{0,80}\)[\s,*_]*)?"
     r"(?:(?:is|are|was|were|would|seems?|appears?|remains?|can|could|may|might|should|must)\s+)?"
@@ -207,11 +208,10 @@ class _Item:
     option_words: dict[str, tuple[str, ...]]  # letter -> its text as lower-case words
     generic: tuple[str, ...]                   # letters whose text is too generic, in order
     rx: _LetterPatterns
+    by_norm: dict[str, str]                    # an option's text, letters and digits only -> letter
 
-    @property
-    def lookahead_words(self) -> int:
-        """Words to read after a cue: the longest option, "either", an article."""
-        return max((len(w) for w in self.option_words.values()), default=0) + 2
+    lookahead_words: int                       # words to read after a cue: the longest
+                                               # option, "either", an article
 
 
 _WORD = re.compile(r"[^\W_]+")
@@ -296,8 +296,12 @@ def _compile(options: tuple[tuple[str, str], ...]) -> _Item:
     letters = LETTERS[: len(option_map)]
     words = {k: tuple(_words(option_map.get(k, ""))) for k in letters}
     words = {k: w for k, w in words.items() if w}  # a text with no words can't be matched
+    by_norm: dict[str, str] = {}
+    for k, w in words.items():
+        by_norm.setdefault("".join(w), k)
     return _Item(letters, words, tuple(k for k, w in words.items() if _is_generic(w)),
-                 _letter_patterns(letters))
+                 _letter_patterns(letters), by_norm,
+                 max((len(w) for w in words.values()), default=0) + 2)
 
 
 def _item(options: Mapping[str, str]) -> _Item:
@@ -463,11 +467,6 @@ def _leading_generic(item: _Item, text: str) -> tuple[int, str, str] | None:
     return None
 
 
-def _norm(text: str) -> str:
-    """Letters and digits only, lower case: "Poly propylene" == "Polypropylene"."""
-    return "".join(_words(text))
-
-
 def _label_text(item: _Item, letter: str, text: str, pos: int) -> tuple[str, int] | None:
     """What follows a letter label at pos: (its own letter, end) when the words are
     that option's text, (_CONFLICT, end) when they are exactly another option's
@@ -537,8 +536,8 @@ def _answer_events(item: _Item, text: str) -> list[tuple[int, str, str, str]]:
             else:  # "B is correct": maybe the answer, maybe "statement B is true"
                 events.append((start, "weak", m.group("letter"), m.group(0).strip()))
     for m in item.rx.letter_is_wrong.finditer(text):
-        start = m.start("letter")
-        if _LETTER_OPENER.search(text, max(0, start - 16), start):
+        start = m.start("letter")  # "..., B is incorrect" retracts too
+        if _LETTER_OPENER.search(text, max(0, start - 16), start) or _COMMA.search(text, max(0, start - 3), start):
             retract(start, m.group("letter"), m.group(0))
     for m in item.rx.copula_label.finditer(text):
         if not _COPULA_BEFORE_LABEL.search(text, max(0, m.start() - 24), m.start()):
@@ -604,31 +603,32 @@ def _answer_lines(item: _Item, text: str) -> list[tuple[int, str, str, str]]:
         if not m.group("sep"):
             continue  # "A patient with ...": the article
         own = item.option_words.get(letter, ())
-        norm = _norm(body)
-        if norm and norm == "".join(own):
-            lines.append((m.start("letter"), letter, m.group(0), True))
-            continue
-        if any(norm == "".join(w) for k, w in item.option_words.items() if k != letter):
-            lines.append((m.start("letter"), _CONFLICT, m.group(0), True))
-            continue
         words = _words(body)
+        owner = item.by_norm.get("".join(words))
+        if owner is not None:  # the whole line is one option's text
+            lines.append((m.start("letter"), letter if owner == letter else _CONFLICT, m.group(0), True))
+            continue
         if (own and words and len(words) <= len(own) + 2 and words[0][:3] == own[0][:3]
                 and not _GLOSS.search(body)):
             # The option's text, reworded or misspelled ("Mitis" for "Mitus"):
             # the label is what commits; the words only restate it.
             lines.append((m.start("letter"), letter, m.group(0), True))
             continue
-        labelled = _label_text(item, letter, text, m.start("rest"))
-        if is_first and labelled and labelled[0] == letter and not _GLOSS.match(text, labelled[1]) \
+        labelled = _label_text(item, letter, text, m.start("rest")) if is_first else None
+        if labelled and labelled[0] == letter and not _GLOSS.match(text, labelled[1]) \
                 and not _STATUS_NEGATION.match(text, labelled[1]):
-            # The section opens with "C. <C's text> is ..." : its answer first.
-            lines.append((m.start("letter"), letter, text[m.start():labelled[1]], True))
+            # The section opens with "C. <C's text> is ..." : its answer first
+            # (unless the next letter's line follows: then it walks the options).
+            lines.append((m.start("letter"), letter, text[m.start():labelled[1]], "leading"))
             continue
         lines.append((m.start("letter"), letter, m.group(0), False))  # a discussion line
 
-    answers = {letter for _, letter, _, is_answer in lines if is_answer and letter != _CONFLICT}
-    if len(answers) >= 3:
-        return []  # "A. <text>" ... "B. <text>" ... "C. <text>": a walk through the options
+    letters = item.letters
+    if lines and lines[0][3] == "leading":
+        nxt = letters[letters.index(lines[0][1]) + 1:letters.index(lines[0][1]) + 2]
+        if any(letter == nxt for _, letter, _, _ in lines[1:]):
+            lines[0] = lines[0][:3] + (False,)
+
     events = []
     for i, (pos, letter, evidence, is_answer) in enumerate(lines):
         if not is_answer:
@@ -637,7 +637,17 @@ def _answer_lines(item: _Item, text: str) -> list[tuple[int, str, str, str]]:
         if any(_only_blank_between(text, pos, other[0]) for other in neighbours):
             continue  # part of a list of options
         events.append((pos, "commit", letter, evidence.strip()))
-    return events
+    # Three or more answer lines in letter order ("A. <A's text>" ... "B. <B's
+    # text>" ... "C. <C's text>") walk through the options: none of them answers.
+    kept, run = [], []
+    for event in events + [(len(text), "commit", _CONFLICT, "")]:
+        if run and (event[2] == _CONFLICT or run[-1][2] == _CONFLICT
+                    or letters.find(event[2]) <= letters.find(run[-1][2])):
+            if len(run) < 3:
+                kept.extend(run)
+            run = []
+        run.append(event)
+    return kept
 
 
 def _only_blank_between(text: str, a: int, b: int) -> bool:
