@@ -11,7 +11,13 @@ def evaluate(cfg, tracked):
     return run_evaluation(cfg, tracked)
 
 
-main = hydra_entry("evaluate", evaluate)
+def _prepare(cfg, overrides):
+    from fgrft.evaluation.replay import with_replay_lineage
+
+    return with_replay_lineage(cfg, overrides)
+
+
+main = hydra_entry("evaluate", evaluate, prepare=_prepare)
 
 if __name__ == "__main__":
     main()

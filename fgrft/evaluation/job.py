@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
 from fgrft.evaluation.prompts import items_hash, load_template, prompt_hash, render, render_all
-from fgrft.evaluation.replay import load_replay
+from fgrft.evaluation.replay import load_replay, replay_lineage
 from fgrft.inference.requests import (
     Completion,
     CompletionSink,
@@ -41,10 +41,11 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     template = load_template(cfg.prompt.template)
     backend = cfg.inference.backend
     throughput: dict[str, float | None] | None = None
-    lineage: dict[str, Any] = {}
+    checkpoint_lineage: dict[str, Any] = {}
     if backend == "replay":
         predictions = load_replay(cfg.inference.path, lambda q, o: render(template, _question(q, o)))
         prompts = [p.prompt for p in predictions if p.sample == 0]
+        checkpoint_lineage = replay_lineage(cfg.inference.path, cfg.model.get("path"))
     else:
         questions = benchmark_items(load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True),
                                                    cache_dir=str(Path(cfg.paths.cache) / "datasets")))
@@ -53,7 +54,7 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
         prompts = render_all(template, questions)
         # With an API backend the model is only a label: nothing is resolved or built.
         # Otherwise a missing model.path fails here, before anything loads.
-        model_path, lineage = (None, {}) if backend == "openai" else _resolve_model(cfg)
+        model_path, checkpoint_lineage = (None, {}) if backend == "openai" else _resolve_model(cfg)
         generated = _generate(cfg, tracked, model_path, questions, prompts, run_dir)
         if generated is None:  # a dry run: planned and priced, nothing scored
             return {}
@@ -61,17 +62,20 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
 
     scored = score_predictions(predictions, cfg.scorer.name, prompt=cfg.prompt.name, throughput=throughput,
                                seed=cfg.temperature.seed)
-    rows = [p.to_dict() for p in scored.predictions]
+    rows = [{**p.to_dict(), **both} for p, both in zip(scored.predictions, scored.by_scorer)]
     if cfg.scorer.name == "thesis":  # every line keeps head/tail, null for dropped empty outputs
         rows = [{**row, "head": p.head, "tail": p.tail} for row, p in zip(rows, scored.predictions)]
     write_jsonl(run_dir / "predictions.jsonl", rows)
     (run_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2))
     write_jsonl(run_dir / "scorer_audit.jsonl", scored.audit)
+    if checkpoint_lineage:  # kept beside the predictions, so a replay of this run keeps its arm
+        (run_dir / LINEAGE_FILE).write_text(json.dumps(checkpoint_lineage, indent=2) + "\n")
+    lineage = {k: checkpoint_lineage.get(k) for k in LINEAGE_KEYS} if checkpoint_lineage else {}
 
     ids = [p.id for p in predictions if p.sample == 0]
     tracked.log_params({
         "model_label": cfg.model.name,
-        "benchmark": cfg.benchmark.name if backend != "replay" else f"replay:{Path(cfg.inference.path).name}",
+        "benchmark": cfg.benchmark.name if backend != "replay" else f"replay:{_replay_name(cfg.inference.path)}",
         "temperature": cfg.temperature.temperature,
         "scorer": cfg.scorer.name,
         "prompt_hash": prompt_hash(template, prompts),
@@ -85,6 +89,11 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     return scored.metrics
 
 
+def _replay_name(path: str) -> str:
+    p = Path(path)
+    return p.name if p.is_file() else f"{p.name}/predictions.jsonl"
+
+
 def _question(question: str, options: dict[str, str]) -> Question:
     return Question(source="", question=question, options=options, answer_idx=next(iter(options)), answer="")
 
@@ -96,10 +105,7 @@ def _resolve_model(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
                              scale=cfg.scale)
     path = resolved.location
     lineage_file = Path(path) / LINEAGE_FILE
-    lineage = {}
-    if lineage_file.is_file():
-        data = json.loads(lineage_file.read_text())
-        lineage = {k: data.get(k) for k in LINEAGE_KEYS}
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     return str(path), lineage
 
 
