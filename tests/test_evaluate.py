@@ -205,6 +205,20 @@ def test_hf_backend_end_to_end_and_resume(tmp_path, tiny_path):
     assert len(partial.read_text().splitlines()) == 9
     _, run = the_run(tmp_path)  # same directory, same MLflow run
     assert run.info.status == "FINISHED"
+    # Other sampling in the same directory: the kept completions are stale, and the run says why.
+    stale = [f"model.path={tiny_path}", "inference=hf", "benchmark.limit=3", "temperature.max_new_tokens=8",
+             "temperature.top_p=0.5", f"hydra.run.dir={d}"]
+    r = evaluate(tmp_path, *stale)
+    assert r.returncode != 0 and "sampling parameters" in r.stderr and "resume=false" in r.stderr
+    # resume=false sets them aside (renamed, not deleted) and starts a fresh MLflow run there.
+    r = evaluate(tmp_path, *stale, "resume=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name.split(".set-aside-")[0] for p in d.glob("completions.partial.jsonl.set-aside-*")] == [
+        "completions.partial.jsonl"]
+    assert len(partial.read_text().splitlines()) == 9
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert len(runs) == 2 and (d / "mlflow_run_id").read_text() != run.info.run_id
 
 
 @pytest.mark.slow

@@ -109,9 +109,33 @@ def _resolve_model(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     return str(path), lineage
 
 
+def _check_fingerprint(cfg: DictConfig, model_path: str | None, requests: list[GenerationRequest], scope: str,
+                       run_dir: Path) -> None:
+    """Refuse kept completions made from other prompts, sampling or weights (see fgrft.evaluation.resume).
+
+    Local backends get their prompt token ids here, from the model's own chat template; an API
+    server applies its own template to the messages."""
+    from fgrft.evaluation.resume import check_or_record, fingerprint, weights_identity
+
+    t = cfg.temperature
+    sampling = {"temperature": t.temperature, "top_p": t.top_p, "max_new_tokens": t.max_new_tokens,
+                "n_samples": t.n_samples, "seed": t.seed}
+    if cfg.inference.backend == "openai":
+        endpoint = {"model": cfg.inference.model, "base_url": cfg.inference.base_url, "cache_scope": scope}
+        prompts = [endpoint, *(r.messages for r in requests)]
+        weights = {"api_model": cfg.inference.model}
+    else:
+        from fgrft.inference.backends import encode_requests
+
+        encode_requests(model_path, requests)
+        prompts = [r.prompt_token_ids for r in requests]
+        weights = weights_identity(model_path, OmegaConf.to_container(cfg.model, resolve=True))
+    check_or_record(run_dir, fingerprint(prompts=prompts, sampling=sampling, weights=weights))
+
+
 def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, questions: list[Question],
               prompts: list[str], run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]] | None:
-    from fgrft.inference.backends import encode_requests, run_backend
+    from fgrft.inference.backends import run_backend
 
     t = cfg.temperature
     sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens)
@@ -120,18 +144,24 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
                           seed=request_seed(t.seed, q.id, s))
         for q, text in zip(questions, prompts) for s in range(t.n_samples)
     ]
+    api = cfg.inference.backend == "openai"
+    scope = ""
+    if api:
+        from fgrft.inference.openai import evaluation_cache_scope
+
+        scope = evaluation_cache_scope(cfg.model, cfg.inference)
+    if not cfg.get("dry_run"):
+        _check_fingerprint(cfg, model_path, requests, scope, run_dir)
     sink = CompletionSink.in_dir(run_dir)
     done = sink.done()
     pending = [r for r in requests if r.key not in done]
     if done:
         log.info("resuming: %d of %d completions already on disk", len(requests) - len(pending), len(requests))
-    api = cfg.inference.backend == "openai"
-    ledger, scope = None, ""
+    ledger = None
     if api:
-        from fgrft.inference.openai import estimate_openai, evaluation_cache_scope
+        from fgrft.inference.openai import estimate_openai
         from fgrft.llm import Budget, Ledger, load_prices
 
-        scope = evaluation_cache_scope(cfg.model, cfg.inference)
         if cfg.get("dry_run"):
             estimate = estimate_openai(cfg.inference, pending, sampling, cache_dir=cfg.paths.cache,
                                        cache_scope=scope)
@@ -143,8 +173,6 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
         raise ValueError("dry_run plans API spending: it applies to inference=openai only")
     throughput: dict[str, float | None] = {"items_per_s": None, "output_tokens_per_s": None}
     if pending:
-        if not api:  # an API server applies its own chat template to the messages
-            encode_requests(model_path, pending)
         started = time.perf_counter()
         try:
             run_backend(cfg.inference, model_path, pending, sampling, sink, run_dir, cache_dir=cfg.paths.cache,
