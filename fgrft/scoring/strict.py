@@ -212,6 +212,7 @@ class _Item:
 
     lookahead_words: int                       # words to read after a cue: the longest
                                                # option, "either", an article
+    max_text_chars: int                        # the longest option text, in characters
 
 
 _WORD = re.compile(r"[^\W_]+")
@@ -301,7 +302,8 @@ def _compile(options: tuple[tuple[str, str], ...]) -> _Item:
         by_norm.setdefault("".join(w), k)
     return _Item(letters, words, tuple(k for k, w in words.items() if _is_generic(w)),
                  _letter_patterns(letters), by_norm,
-                 max((len(w) for w in words.values()), default=0) + 2)
+                 max((len(w) for w in words.values()), default=0) + 2,
+                 max((len(v) for v in option_map.values()), default=0))
 
 
 def _item(options: Mapping[str, str]) -> _Item:
@@ -603,8 +605,9 @@ def _answer_lines(item: _Item, text: str) -> list[tuple[int, str, str, str]]:
         if not m.group("sep"):
             continue  # "A patient with ...": the article
         own = item.option_words.get(letter, ())
-        words = _words(body)
-        owner = item.by_norm.get("".join(words))
+        # A line far longer than any option's text discusses; it does not state an option.
+        words = _words(body) if len(body) <= 2 * item.max_text_chars + 40 else []
+        owner = item.by_norm.get("".join(words)) if words else None
         if owner is not None:  # the whole line is one option's text
             lines.append((m.start("letter"), letter if owner == letter else _CONFLICT, m.group(0), True))
             continue
