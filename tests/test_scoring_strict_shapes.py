@@ -155,3 +155,19 @@ def test_a_paraphrase_of_an_option_stays_unparsed():
 def test_numbers_in_prose_are_not_read_as_options():
     assert letter("The maximum GCS is 15, so an intubated patient scores 8.", SCORE) is None
     assert letter("The answer is 8.", SCORE) == "B"
+
+
+def test_the_option_that_answers_an_except_question():
+    out = ("A. Gloves - removed last.\nB. Face shield - removed after the gown.\n\n"
+           "So **D. Mask** is the option that is not removed before the gown.")
+    assert letter(out) == "D"
+    assert letter('The statement that is false is C: "Gown first, always".') == "C"
+
+
+def test_a_lone_option_text_counts_only_where_no_letter_is_named():
+    # Letters named, one of them retracted: the options are being discussed, so the one
+    # option text left over is a mention, not the answer.
+    out = ("The correct answer is:\n\nB. Face shield is incorrect because it comes off later. "
+           "The gown and the mask do not fit either.")
+    assert letter(out) is None
+    assert letter("The first item to come off is the gown, by convention.") == "C"

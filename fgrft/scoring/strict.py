@@ -157,10 +157,12 @@ _TEXT_END = re.compile(r"[ \t*_\"'”’]*(?:\([^)\n]{0,80}\)[ \t*_]*)?(?:[.,;:!
 # "<option text> is the correct answer", "... would be the most relevant among
 # the given options". Starts right after the option text's last word.
 _TEXT_THEN_VERDICT = re.compile(
-    r"(?<![^\W_])(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be|remains)\s+(?:the\s+)?"
-    r"(?:correct|right|best|most\s+(?:likely|appropriate|accurate|relevant|suitable|probable|correct))"
+    r"(?<![^\W_])(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be|remains)\s+(?:"
+    r"(?:the\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|accurate|relevant|suitable|probable|correct))"
     r"(?:\s+(?:answer|option|choice)\b"
-    r"|[^.!?\n]{0,40}?\bamong\s+(?:the\s+|these\s+)?(?:given\s+|listed\s+|provided\s+)?(?:options|choices)\b)",
+    r"|[^.!?\n]{0,40}?\bamong\s+(?:the\s+|these\s+)?(?:given\s+|listed\s+|provided\s+)?(?:options|choices)\b)"
+    # "... is the option that is not a likely differential": the answer to an EXCEPT question
+    r"|the\s+(?:option|answer|choice)\s+(?:that|which)\b)",
     re.I)
 # What may stand between an option's text and that verb: "(NLPHL)", markup.
 _BEFORE_VERDICT = re.compile(r"[^\W_][*_\"'”’]*[ \t]*(?:\([^)\n]{0,80}\)[ \t]*)?[*_]*[ \t]*$")
@@ -264,7 +266,7 @@ def _letter_patterns(letters: str) -> _LetterPatterns:
         # "is B. Mitis salivarius agar", "is: **D. Xylene**". Starts at the
         # letter (fast to scan for); _COPULA_BEFORE_LABEL checks what precedes.
         copula_label=re.compile(
-            rf"(?P<letter>{cls})(?![^\W_])[ \t]*[.)\]][ \t]*(?:\*\*[ \t]*)?(?=[^\W_])"),
+            rf"(?P<letter>{cls})(?![^\W_])[ \t]*[.):\]][ \t]*(?:\*\*[ \t]*)?[\"'“‘]?(?=[^\W_])"),
         line_label=re.compile(
             rf"^[ \t>#*_\-•]*[(\[]?[ \t*_]*(?P<letter>{cls})(?![^\W_])[ \t*_]*(?P<sep>[.):\]]?)"
             r"[ \t*_]*(?P<rest>[^\n]*)$", re.M),
@@ -728,13 +730,10 @@ def _labelled(item: _Item, text: str, all_words: _AllWords) -> list[tuple[int, s
 
 # -- tier 3: option text alone ----------------------------------------------
 
-def _denied_letters(item: _Item, text: str) -> set[str]:
-    """Letters the text names as wrong: "the other options (A, B, and D) are not ..."."""
-    denied = set()
-    for m in item.rx.option_mentions.finditer(text):
-        if _negated(text, m.start(), m.end()):
-            denied.update(re.findall(f"[{item.letters}]", m.group(0)[m.start("letter") - m.start():]))
-    return denied
+def _names_letters(item: _Item, text: str) -> bool:
+    """Whether the text names any option by its letter ("(B)", "option C", "B." on a line)."""
+    return (item.rx.option_mentions.search(text) is not None
+            or any(rx.search(text) is not None for rx in item.rx.labels))
 
 
 def _text_mentions(item: _Item, t: _AllWords) -> dict[str, str]:
@@ -788,9 +787,12 @@ def extract(output: str, options: Mapping[str, str]) -> Extraction:
         return _decide([letter for _, letter, _ in labelled], "labelled",
                        "; ".join(ev for _, _, ev in labelled)[:200], section)
 
+    # An option's text named once, in a response that names no option by its letter ("Apo B-48
+    # is found in chylomicrons."). Where letters are named (even only to deny them), the options
+    # are being discussed, and a lone text mention is one more mention, not the answer.
+    if events or _names_letters(item, text):
+        return Extraction(None, "no_answer", section=section)
     mentions = _text_mentions(item, all_words)
-    denied = _denied_letters(item, text)
-    mentions = {k: v for k, v in mentions.items() if k not in denied}
     if mentions:
         return _decide(list(mentions), "option_text",
                        "; ".join(mentions.values())[:200], section)
