@@ -346,26 +346,26 @@ def _words_after(text: str, pos: int, allowed_gap: re.Pattern[str], limit: int) 
     return _Words(text, islice(_WORD.finditer(text, first.start()), limit))
 
 
-class _AllWords(_Words):
-    """Every word of a text, indexed to find all occurrences of an option text.
+@lru_cache(maxsize=8192)
+def _option_pattern(option: tuple[str, ...]) -> re.Pattern[str]:
+    """An option's words as whole words, case-insensitive, at most _MAX_GAP non-word
+    characters apart: the same matching as :meth:`_Words.match_at`, run by the regex engine."""
+    gap = rf"[\W_]{{1,{_MAX_GAP}}}"
+    return re.compile(r"(?<![^\W_])" + gap.join(re.escape(w) for w in option) + r"(?![^\W_])", re.I)
 
-    Built only for outputs that reach the weaker tiers: most outputs are
-    decided by a statement, which needs just the few words after a cue.
+
+class _AllWords:
+    """A text searched for every occurrence of an option's text.
+
+    Used only for outputs that reach the weaker tiers: most outputs are
+    decided by a commitment, which needs just the few words after a cue.
     """
 
     def __init__(self, text: str):
-        super().__init__(text, _WORD.finditer(text))
-        self.index: dict[str, list[int]] = {}
-        for i, word in enumerate(self.words):
-            self.index.setdefault(word, []).append(i)
+        self.text = text
 
     def occurrences(self, option: tuple[str, ...]) -> list[tuple[int, int]]:
-        found = []
-        for i in self.index.get(option[0], ()):
-            end = self.match_at(i, option)
-            if end is not None:
-                found.append((self.starts[i], end))
-        return found
+        return [m.span() for m in _option_pattern(option).finditer(self.text)]
 
 
 def final_section(output: str) -> tuple[str, str]:
