@@ -7,25 +7,47 @@ Which text is read
     section is deliberation over every option, and reading an answer out of it
     would credit the model with a choice it did not make in its answer.
 
-Evidence, strongest first (a stronger tier always wins over a weaker one)
-    1. Answer statements: an answer cue ("the answer is", "Answer:", "the
-       correct/best option is", "final answer -", "I would choose") followed by
-       an item letter ("B", "(B)", "**B**", "option B", "$\\boxed{B}$") or by an option's text
-       ("the answer is TRUS-guided biopsy"); also a yes/no/maybe-style option
-       given as the section's first word ("Yes, ..."). The LAST statement wins.
-       A statement naming two options ("A or B", "B/C", "yes or no") is a
-       non-commitment (unparsed) if it is the last one; a negated statement
-       ("the answer is not A") commits to nothing unless it goes on "but B".
-       A letter that opens a sentence or carries a label followed by "is
-       correct / is the best answer / is most likely" is a statement too.
-    2. Labelled options: "B. <B's text>" (text compared ignoring case,
-       punctuation, hyphens and spacing), "B." or "B)" opening a line, a line
-       holding only the letter, "**B**", "(B)", "\\boxed{B}", "option B" / "(Option B)".
-       Lists ("options A and C") and negated mentions ("A. is wrong", "option A
-       is incorrect", "rather than (C)") do not count. One distinct letter ->
-       that letter; two or more -> unparsed.
-    3. Option text alone: exactly one option's text occurs (not negated, not as
-       part of a longer option's text) -> that option; otherwise unparsed.
+A response's answer is its LAST explicit commitment. Commitments:
+    * answer statements: a cue ("the answer is", "Answer:", "the correct/best
+      option is", "the correct answer for this question is", "final answer -",
+      "I would choose") followed by a letter ("B", "(B)", "**B**", "option B",
+      "$\\boxed{B}$", "B. <B's text>") or by an option's text; a
+      yes/no/maybe-style option as the section's first word ("Yes, ...");
+    * "B is the correct answer", "(B) is the best option", "option C is the
+      option that ..."; a bare "B is correct" counts only when nothing stronger
+      commits (beside "the answer is A" it judges statement B true);
+    * a letter label as the complement of "is": "the medium of choice is B.
+      Mitis salivarius agar", "is: **D. Xylene**", 'is B: "<text>"';
+    * answer lines: a line holding only a letter ("B", "**B.**", "(B)") or a
+      letter and its option's text (also reworded: "A. Polypropylene" for "Poly
+      propylene"), and the section's first line when it opens with "B. <B's
+      text>" and goes on in a sentence;
+    * an option's text stated as the answer: "<text> (abbr.) is the correct
+      answer", "<text> would be the most relevant among the given options".
+
+Not commitments (mentions):
+    * letters used as references while discussing options: "Round burr (A) is
+      ...", "option B is less suitable", list lines that gloss an option ("A.
+      Gloves - removed last", "B. Elgiloy: a cobalt alloy");
+    * the option list echoed, or a walk through the options: answer lines next
+      to each other, or three or more in letter order;
+    * questions ("A is the correct answer?") and denied answers: "the wrong
+      answer is A", "the answer is not A" (unless it goes on "but B"), "Answer:
+      B is wrong", "option A is the least likely", "A is likely a distractor".
+
+A later retraction ("the answer is not B", "B is incorrect") cancels an earlier
+commitment to B (rule "retracted"). A letter paired with another option's exact
+text ("A. <text of option C>") is a conflict (rule "conflict"). Two answers of
+equal standing in one commitment ("A or B", "B/C") are ambiguous.
+
+Only when nothing commits
+    1. "... is <option text>." : an option's text completing a sentence after
+       "is/are/would be" ("The most likely diagnosis is cerebral malaria."), the
+       last such sentence;
+    2. labelled options: one distinct non-negated labelled letter ("**D.** fits
+       best", "(Option B)"); two or more -> unparsed;
+    3. exactly one option's text named (not negated, not inside a longer
+       option's text), in a response that names no option by its letter.
 
 Rules that keep it honest
     * Letters are upper case and valid for the item (the first len(options)
@@ -40,8 +62,9 @@ Rules that keep it honest
     * Short or generic option texts ("yes", "no", "maybe", "none", numbers,
       one- or two-character texts) are recognised only after an answer cue, as
       the section's first word or in bold; elsewhere they are ordinary words.
-    * No similarity guessing: if nothing commits to exactly one option the item
-      is unparsed (``letter`` None) and counts as wrong; empty outputs count too.
+    * No similarity guessing: a paraphrase of an option ("the dose is 60 mg"
+      for "60 mg doxycycline") is unparsed (``letter`` None) and counts as
+      wrong; empty outputs count too.
 """
 from __future__ import annotations
 
