@@ -11,7 +11,20 @@ def evaluate(cfg, tracked):
     return run_evaluation(cfg, tracked)
 
 
-main = hydra_entry("evaluate", evaluate)
+def _prepare(cfg, overrides):
+    from fgrft.evaluation.replay import with_replay_lineage
+
+    if cfg.get("resume") is False:
+        # Before the tracked run starts, so that it is a fresh MLflow run in the same directory.
+        from hydra.core.hydra_config import HydraConfig
+
+        from fgrft.evaluation.resume import set_aside
+
+        set_aside(HydraConfig.get().runtime.output_dir)
+    return with_replay_lineage(cfg, overrides)
+
+
+main = hydra_entry("evaluate", evaluate, prepare=_prepare)
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ REPLAY_SAMPLE = REPO / "tests" / "data" / "replay_sample.json"
 PREDICTION_FIELDS = {"id", "source", "sample", "question", "options", "answer_idx", "prompt", "output",
                      "finish_reason", "extracted", "correct", "schema_version"}
 SOURCE_KEYS = {"accuracy", "correct", "total", "unparsed", "ci_low", "ci_high"}
+BOTH_SCORERS = {"strict_extracted", "strict_correct", "thesis_head", "thesis_tail", "thesis_correct"}
 
 
 def evaluate(cwd: Path, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -52,7 +53,9 @@ def test_replay_writes_the_three_files_and_a_run(tmp_path, scorer):
     preds = [p for _, p in read_jsonl(d / "predictions.jsonl")]
     assert len(preds) == 36
     extra = {"head", "tail"} if scorer == "thesis" else set()
-    assert all(set(p) == PREDICTION_FIELDS | extra for p in preds)
+    assert all(set(p) == PREDICTION_FIELDS | BOTH_SCORERS | extra for p in preds)
+    own = "strict_correct" if scorer == "strict" else "thesis_correct"
+    assert [p["correct"] for p in preds] == [p[own] for p in preds]
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["scorer"] == scorer and metrics["prompt"] == "thesis"
     assert set(metrics["per_source"]) == {"MedQA_sample", "PubMedQA_sample", "MedMCQA_sample"}
@@ -77,6 +80,14 @@ def test_replay_writes_the_three_files_and_a_run(tmp_path, scorer):
         assert run.data.metrics[f"unparsed/{source}"] == block["unparsed"]
     for key in ("scorer", "prompt_hash", "items_hash", "model_label", "temperature", "benchmark"):
         assert key in run.data.params
+    # Both scorers, from the same outputs, whichever is configured.
+    assert set(metrics["by_scorer"]) == {"strict", "thesis"}
+    assert metrics["by_scorer"][scorer]["overall"] == metrics["overall"]
+    for name in ("strict", "thesis"):
+        for source, block in [*metrics["by_scorer"][name]["per_source"].items(),
+                              ("overall", metrics["by_scorer"][name]["overall"])]:
+            for key in ("accuracy", "ci_low", "ci_high", "unparsed"):
+                assert run.data.metrics[f"{name}/{key}/{source}"] == pytest.approx(block[key])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"predictions.jsonl", "metrics.json", "scorer_audit.jsonl", "config.yaml"} <= artifacts
 
@@ -109,6 +120,35 @@ def test_replay_reads_the_projects_own_predictions(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     preds = [Prediction.from_dict(p) for _, p in read_jsonl(only_run_dir(again) / "predictions.jsonl")]
     assert len(preds) == 36 and {p.source for p in preds} == {"MedQA_sample", "PubMedQA_sample", "MedMCQA_sample"}
+
+
+def test_replay_of_a_run_directory_keeps_its_lineage(tmp_path):
+    first = evaluate(tmp_path, "inference=replay", f"inference.path={REPLAY_SAMPLE}", "model.name=ft-label",
+                     "model.path=/gone/checkpoint", "temperature=t0.7")
+    assert first.returncode == 0, first.stderr[-2000:]
+    source_dir = only_run_dir(tmp_path)
+    # The lineage a fine-tuned checkpoint carries, kept beside the run's predictions.
+    (source_dir / "fgrft.json").write_text(json.dumps({"base_model": "smol", "data_hash": "d4t4",
+                                                       "train_run_id": "r123"}))
+    again = tmp_path / "again"
+    again.mkdir()
+    r = evaluate(again, "inference=replay", f"inference.path={source_dir}", "scorer=thesis")
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, run = the_run(again)
+    params = run.data.params
+    assert (params["model_label"], params["model.path"], params["temperature"]) == (
+        "ft-label", "/gone/checkpoint", "0.7")
+    assert (params["temperature.seed"], params["data_hash"], params["train_run_id"]) == ("42", "d4t4", "r123")
+    assert json.loads((only_run_dir(again) / "fgrft.json").read_text())["data_hash"] == "d4t4"
+    # What the command line sets explicitly wins.
+    third = tmp_path / "third"
+    third.mkdir()
+    r = evaluate(third, "inference=replay", f"inference.path={source_dir / 'predictions.jsonl'}",
+                 "temperature=t0.5", "model.name=relabelled")
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, run = the_run(third)
+    assert (run.data.params["model_label"], run.data.params["temperature"]) == ("relabelled", "0.5")
+    assert run.data.params["model.path"] == "/gone/checkpoint" and run.data.params["data_hash"] == "d4t4"
 
 
 # ------------------------------------------------------------------------ bad input, before any model
@@ -165,6 +205,20 @@ def test_hf_backend_end_to_end_and_resume(tmp_path, tiny_path):
     assert len(partial.read_text().splitlines()) == 9
     _, run = the_run(tmp_path)  # same directory, same MLflow run
     assert run.info.status == "FINISHED"
+    # Other sampling in the same directory: the kept completions are stale, and the run says why.
+    stale = [f"model.path={tiny_path}", "inference=hf", "benchmark.limit=3", "temperature.max_new_tokens=8",
+             "temperature.top_p=0.5", f"hydra.run.dir={d}"]
+    r = evaluate(tmp_path, *stale)
+    assert r.returncode != 0 and "sampling parameters" in r.stderr and "resume=false" in r.stderr
+    # resume=false sets them aside (renamed, not deleted) and starts a fresh MLflow run there.
+    r = evaluate(tmp_path, *stale, "resume=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name.split(".set-aside-")[0] for p in d.glob("completions.partial.jsonl.set-aside-*")] == [
+        "completions.partial.jsonl"]
+    assert len(partial.read_text().splitlines()) == 9
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert len(runs) == 2 and (d / "mlflow_run_id").read_text() != run.info.run_id
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def test_strict_metrics_follow_the_contract():
     scored = score_predictions(run(), "strict", prompt="thesis",
                                throughput={"items_per_s": 3.5, "output_tokens_per_s": 900.0})
     m = scored.metrics
-    assert set(m) == {"schema_version", "scorer", "prompt", "per_source", "overall", "throughput"}
+    assert set(m) == {"schema_version", "scorer", "prompt", "per_source", "overall", "throughput", "by_scorer"}
     assert (m["schema_version"], m["scorer"], m["prompt"]) == (1, "strict", "thesis")
     assert m["throughput"] == {"items_per_s": 3.5, "output_tokens_per_s": 900.0}
     medqa = m["per_source"]["MedQA_sample"]
@@ -132,11 +132,40 @@ def test_multi_sample_metrics():
 def test_mlflow_metric_names():
     m = score_predictions(run(), "strict").metrics
     flat = mlflow_metrics(m)
-    assert set(flat) == {f"{k}/{s}" for k in ("accuracy", "ci_low", "ci_high", "unparsed")
-                         for s in ("MedQA_sample", "PubMedQA_sample")} | {"accuracy/overall"}
+    keys = ("accuracy", "ci_low", "ci_high", "unparsed")
+    sources = ("MedQA_sample", "PubMedQA_sample")
+    assert set(flat) == ({f"{k}/{s}" for k in keys for s in sources} | {"accuracy/overall"}
+                         | {f"{scorer}/{k}/{s}" for scorer in ("strict", "thesis") for k in keys
+                            for s in (*sources, "overall")})
     assert flat["unparsed/MedQA_sample"] == 2.0
     assert flat["accuracy/overall"] == m["overall"]["accuracy"]
+    assert flat["strict/accuracy/overall"] == m["overall"]["accuracy"]
+    assert flat["thesis/accuracy/MedQA_sample"] == m["by_scorer"]["thesis"]["per_source"]["MedQA_sample"]["accuracy"]
     assert all(isinstance(v, float) for v in flat.values())
+
+
+@pytest.mark.parametrize("configured", ["strict", "thesis"])
+def test_both_scorers_score_the_same_outputs(configured):
+    scored = score_predictions(run(), configured)
+    m = scored.metrics
+    assert set(m["by_scorer"]) == {"strict", "thesis"}
+    # The configured scorer's blocks are the top level; each scorer's are what
+    # configuring it alone gives.
+    assert m["by_scorer"][configured]["per_source"] == m["per_source"]
+    for name in ("strict", "thesis"):
+        alone = score_predictions(run(), name).metrics
+        assert m["by_scorer"][name]["overall"] == alone["overall"]
+        assert m["by_scorer"][name]["per_source"] == alone["per_source"]
+    rows = scored.by_scorer
+    assert [r["strict_extracted"] for r in rows] == ["A", "A", None, None, "C", "A", "C"]
+    assert [r["strict_correct"] for r in rows] == [True, True, False, False, True, True, True]
+    assert (rows[1]["thesis_head"], rows[1]["thesis_tail"]) == ("B", "A")
+    assert (rows[3]["thesis_head"], rows[3]["thesis_correct"]) == (None, False)  # empty: dropped
+    thesis = score_predictions(run(), "thesis").predictions
+    assert [r["thesis_correct"] for r in rows] == [p.correct for p in thesis]
+    # The configured scorer's own fields are untouched by the other scorer's reading.
+    assert [p.extracted for p in scored.predictions] == [
+        p.extracted for p in score_predictions(run(), configured).predictions]
 
 
 def test_correct_by_id_and_unknown_scorer():

@@ -14,7 +14,7 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from fgrft.reporting.collect import collect_runs
-from fgrft.scoring import mlflow_metrics
+from fgrft.scoring import mlflow_metrics, score_predictions
 from tests.test_report_support import ARM_PARAMS, logged_params, outputs, questions, scored, write_artifacts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,10 @@ class Store:
                    model: str = "llama31_8b_instruct", temperature: float = 0.5, prompt_hash: str = "prompt-v1",
                    extra: dict | None = None, **kw) -> str:
         preds, metrics = scored(ITEMS, outputs(ITEMS, hits), scorer)
-        files = write_artifacts(self.root / "made" / name, preds, metrics)
+        # As the evaluation job writes them: each line with both scorers' readings.
+        both = score_predictions(preds, scorer, audit=False).by_scorer
+        files = write_artifacts(self.root / "made" / name, [{**p.to_dict(), **b} for p, b in zip(preds, both)],
+                                metrics)
         params = logged_params(ITEMS, model=model, temperature=temperature, scorer=scorer, scale="toy",
                                prompt_hash=prompt_hash, extra=extra)
         return self.run(name, tags=tags, params=params, metrics=mlflow_metrics(metrics), artifacts=files, **kw)
@@ -95,9 +98,10 @@ def store(tmp_path_factory):
                         params={**ARM_PARAMS["naive_cot_raw"], "trainer.seed": "42"})
     s.evaluation("naive-other-prompt", first_k({"MedQA_sample": 8}), tags={**ev, "sweep_id": "sweepn"},
                  prompt_hash="prompt-v2", extra={"train_run_id": naive_train})
-    # The base model scored strictly: its own table, no delta to the thesis.
+    # A model scored strictly: its own row in the strict table and, read again by the thesis
+    # scorer from the same outputs, in the thesis table; no claim for it.
     s.evaluation("base-strict", first_k({"MedQA_sample": 5}), tags={**ev, "sweep_id": "sweepstrict"},
-                 scorer="strict")
+                 scorer="strict", model="smol")
     # Not read: a failed run (listed as skipped) and a run in another experiment.
     s.evaluation("crashed", set(), tags={**ev, "sweep_id": "sweepx"}, status="FAILED")
     s.evaluation("elsewhere", set(), tags={**ev, "sweep_id": "sweepy"}, experiment="other")
@@ -140,9 +144,14 @@ def test_python_m_fgrft_report_end_to_end(store):
     md = (run_dir / "tables.md").read_text()
     assert "Toy scale" in md
     # base: MedQA 6/12, PubMedQA 6/9, MedMCQA 4/10, avg 16/31, each with its delta to the thesis (marked †)
-    assert ("| llama31_8b_instruct | 0.5 | 1 | 50.0 [25.4, 74.6] Δ†-8.90 ✗ | 66.7 [35.4, 87.9] Δ†-10.13 ✗ |"
+    # (‡: a legacy-scorer CI, chosen-reading caveat beside it)
+    assert ("| llama31_8b_instruct | 0.5 | 1 | 50.0 [25.4, 74.6]‡ Δ†-8.90 ✗ | 66.7 [35.4, 87.9]‡ Δ†-10.13 ✗ |"
             in md)
-    assert "51.6 [34.8, 68.0] Δ†-11.19 ✗" in md
+    assert "51.6 [34.8, 68.0]‡ Δ†-11.19 ✗" in md
+    assert "‡ Legacy (thesis) scorer" in md
+    # Every run appears under both scorers, and the per-item difference between them is listed.
+    assert "| smol | 0.5 | 1 | 41.7 [19.3, 68.0] |" in md  # strict table: 5 of 12
+    assert "## Strict vs legacy scorer on the same outputs" in md
     assert "| llama31_8b_instruct + FGRFT | 0.7 |" in md
     assert "different prompts (prompt_hash prompt-v2 vs prompt-v1)" in md
     assert "- crashed (" in md and "status FAILED" in md
@@ -153,7 +162,9 @@ def test_python_m_fgrft_report_end_to_end(store):
         paired = list(csv.DictReader(f))
     fgrft_vs_base = [p for p in paired if p["factor"] == "data arm" and p["column"] == "MedQA"
                      and p["status"] == "compared"]
-    (row,) = fgrft_vs_base
+    # The same pair under each scorer: the runs' outputs read by both, no second generation.
+    assert sorted(p["scorer"] for p in fgrft_vs_base) == ["strict", "thesis"]
+    (row,) = [p for p in fgrft_vs_base if p["scorer"] == "thesis"]
     assert row["a"].startswith("llama31_8b_instruct + FGRFT") and row["b"] == "llama31_8b_instruct T=0.5"
     assert (float(row["difference"]), row["a_only"], row["b_only"], float(row["p_value"])) == (0.25, "3", "0", 0.25)
     refused = [p for p in paired if p["status"] == "refused"]

@@ -272,3 +272,43 @@ def test_several_samples_per_item_pair_on_sample_zero_and_report_their_spread():
     (row_a,) = [r for r in next(iter(report.tables.values())) if r.key.arm == "fgrft"]
     assert row_a.cells["MedQA"].mean == pytest.approx(14 / 20)  # pooled over samples, as metrics.json
     assert "## Several samples per item" in render_markdown(report)
+
+
+def test_legacy_paired_tests_compare_tail_readings_and_other_scorer_views():
+    from fgrft.records import Prediction
+    from fgrft.reporting.records import eval_run_from_logged, other_scorer_view
+    from fgrft.scoring import score_predictions
+    from tests.test_report_support import logged_params
+
+    qs = questions("MedQA_x", 10)
+
+    def run(name, head_hits, tail_hits, arm=None):
+        preds = []
+        for i, q in enumerate(qs):
+            wrong = "ABCD"[("ABCD".index(q.answer_idx) + 1) % 4]
+            head = q.answer_idx if i in head_hits else wrong
+            tail = q.answer_idx if i in tail_hits else wrong
+            preds.append(Prediction(id=q.id, source=q.source, sample=0, question=q.question,
+                                    options=dict(q.options), answer_idx=q.answer_idx, prompt="p",
+                                    output=f"The answer is {head}. Hmm. The answer is {tail}"))
+        scored = score_predictions(preds, "thesis", prompt="thesis", audit=False)
+        rows = [{**p.to_dict(), **b} for p, b in zip(scored.predictions, scored.by_scorer)]
+        params = logged_params(qs, model="llama31_8b_instruct", temperature=0.7, scorer="thesis")
+        logged = eval_run_from_logged(run_id=name * 8, name=name, experiment="e", params=params, tags={},
+                                      metrics_doc=scored.metrics, predictions=scored.predictions,
+                                      train_params=arm)
+        return logged, other_scorer_view(logged, scored.metrics, rows)
+
+    # Run a scores best on its head reading (8 vs 2); run b on its tail (5 vs 0).
+    a, a_strict = run("a", set(range(8)), {0, 1}, {"data.format": "fgrft", "data.target_format": "thinking"})
+    b, b_strict = run("b", set(), set(range(5)))
+    assert a.per_source["MedQA_x"].correct == 8 and b.per_source["MedQA_x"].correct == 5
+    report = build_report(Collection(runs=[a, b], rescored=[a_strict, b_strict]), CLAIMS, n_resamples=N_BOOT)
+    by_scorer = {r.scorer: r for r in report.paired.compared if r.column == "MedQA"}
+    # Legacy: tail against tail (2 vs 5), not each run's better reading (8 vs 5).
+    assert by_scorer["thesis"].difference == pytest.approx((2 - 5) / 10)
+    # Strict reads the last statement: the same outputs, the strict scorer's own numbers.
+    assert a_strict.scorer == "strict" and a_strict.per_source["MedQA_x"].correct == 2
+    assert by_scorer["strict"].difference == pytest.approx((2 - 5) / 10)
+    md = render_markdown(report)
+    assert "## Strict vs legacy scorer on the same outputs" in md and "‡ Legacy (thesis) scorer" in md

@@ -1,6 +1,6 @@
 """Benchmark: in-process scoring time of a thesis-sized run (3,273 items).
 
-    python -m fgrft.bench.scoring [--repeats N] [--seed S]
+    python -m fgrft.bench.scoring [--repeats N] [--seed S] [--labels FILE]
 
 Outputs are synthetic but shaped like real ones (thinking + final response,
 option-by-option discussions, option text only, hedged prose that only the
@@ -9,6 +9,14 @@ thesis's difflib rule can "answer", ambiguous, truncated and empty outputs),
 option texts of eval_data_clinical.json / eval_data_medmcqa.json are used.
 Prints seconds per scorer (target: under 2 s each) and the machine; writes
 nothing to disk.
+
+With ``--labels FILE`` (hand-labelled real outputs, one JSON object a line with
+``model``, ``options``, ``output`` and ``label``: a letter, ``NONE`` or
+``CONFLICT``, the latter counted as NONE) it also prints, per model and in all,
+how often the strict extractor agrees with the label, its wrong commitments (a
+letter where the label is another letter or NONE: it credits or blames an
+answer the response never gave) and its misses (unparsed where the label is a
+letter).
 """
 from __future__ import annotations
 
@@ -134,11 +142,71 @@ def _time_full(name: str, predictions: list[Prediction]) -> float:
     return time.perf_counter() - start
 
 
+NO_ANSWER_LABELS = ("NONE", "CONFLICT")
+
+
+def load_labels(path: str | Path) -> list[dict]:
+    """Labelled outputs from a JSONL file; a clear error names the line and field."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}:{n}: not JSON ({e})") from None
+        for key in ("options", "output", "label"):
+            if key not in row:
+                raise SystemExit(f"{path}:{n}: record {row.get('id', '?')} has no field {key!r}")
+        label = row["label"]
+        if label not in NO_ANSWER_LABELS and label not in row["options"]:
+            raise SystemExit(f"{path}:{n}: record {row.get('id', '?')}: field 'label' is {label!r}, "
+                             f"not an option letter, NONE or CONFLICT")
+        rows.append(row)
+    return rows
+
+
+def label_agreement(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per model (and "all"): n, agree, wrong (a letter that is not the label), missed."""
+    table: dict[str, dict[str, int]] = {}
+    for row in rows:
+        gold = None if row["label"] in NO_ANSWER_LABELS else row["label"]
+        got = strict.extract(row["output"] or "", row["options"]).letter
+        for key in (row.get("model", "?"), "all"):
+            t = table.setdefault(key, {"n": 0, "agree": 0, "wrong": 0, "missed": 0})
+            t["n"] += 1
+            if got == gold:
+                t["agree"] += 1
+            elif got is not None:
+                t["wrong"] += 1
+            else:
+                t["missed"] += 1
+    table["all"] = table.pop("all")  # last row
+    return table
+
+
+def print_label_table(path: str, table: dict[str, dict[str, int]]) -> None:
+    print(f"labels: {path}")
+    print(f"{'model':12s} {'n':>4s} {'agree':>6s} {'%':>6s} {'wrong':>6s} {'missed':>7s}")
+    for model, t in table.items():
+        print(f"{model:12s} {t['n']:4d} {t['agree']:6d} {100 * t['agree'] / t['n']:6.1f} "
+              f"{t['wrong']:6d} {t['missed']:7d}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", metavar="FILE",
+                        help="hand-labelled outputs (JSONL): print the strict scorer's agreement")
     args = parser.parse_args(argv)
+    if args.labels:
+        rows = load_labels(args.labels)
+        strict._compile.cache_clear()
+        start = time.perf_counter()
+        table = label_agreement(rows)
+        print_label_table(args.labels, table)
+        print(f"labelled items scored in {time.perf_counter() - start:.3f} s")
 
     predictions = build_predictions(args.seed)
     lengths = [len(p.output) for p in predictions]

@@ -237,6 +237,7 @@ class TrainConfig(_EvaluationGroups, _Common):
 class EvaluateConfig(_EvaluationGroups, _Common):
     dry_run: bool = False
     budget_usd: Optional[float] = None
+    resume: bool = True  # false: set kept completions aside, start over in a fresh MLflow run
 
 
 @dataclass

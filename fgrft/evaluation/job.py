@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
 from fgrft.evaluation.prompts import items_hash, load_template, prompt_hash, render, render_all
-from fgrft.evaluation.replay import load_replay
+from fgrft.evaluation.replay import load_replay, replay_lineage
 from fgrft.inference.requests import (
     Completion,
     CompletionSink,
@@ -41,10 +41,11 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     template = load_template(cfg.prompt.template)
     backend = cfg.inference.backend
     throughput: dict[str, float | None] | None = None
-    lineage: dict[str, Any] = {}
+    checkpoint_lineage: dict[str, Any] = {}
     if backend == "replay":
         predictions = load_replay(cfg.inference.path, lambda q, o: render(template, _question(q, o)))
         prompts = [p.prompt for p in predictions if p.sample == 0]
+        checkpoint_lineage = replay_lineage(cfg.inference.path, cfg.model.get("path"))
     else:
         questions = benchmark_items(load_benchmark(OmegaConf.to_container(cfg.benchmark, resolve=True),
                                                    cache_dir=str(Path(cfg.paths.cache) / "datasets")))
@@ -53,7 +54,7 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
         prompts = render_all(template, questions)
         # With an API backend the model is only a label: nothing is resolved or built.
         # Otherwise a missing model.path fails here, before anything loads.
-        model_path, lineage = (None, {}) if backend == "openai" else _resolve_model(cfg)
+        model_path, checkpoint_lineage = (None, {}) if backend == "openai" else _resolve_model(cfg)
         generated = _generate(cfg, tracked, model_path, questions, prompts, run_dir)
         if generated is None:  # a dry run: planned and priced, nothing scored
             return {}
@@ -61,17 +62,20 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
 
     scored = score_predictions(predictions, cfg.scorer.name, prompt=cfg.prompt.name, throughput=throughput,
                                seed=cfg.temperature.seed)
-    rows = [p.to_dict() for p in scored.predictions]
+    rows = [{**p.to_dict(), **both} for p, both in zip(scored.predictions, scored.by_scorer)]
     if cfg.scorer.name == "thesis":  # every line keeps head/tail, null for dropped empty outputs
         rows = [{**row, "head": p.head, "tail": p.tail} for row, p in zip(rows, scored.predictions)]
     write_jsonl(run_dir / "predictions.jsonl", rows)
     (run_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2))
     write_jsonl(run_dir / "scorer_audit.jsonl", scored.audit)
+    if checkpoint_lineage:  # kept beside the predictions, so a replay of this run keeps its arm
+        (run_dir / LINEAGE_FILE).write_text(json.dumps(checkpoint_lineage, indent=2) + "\n")
+    lineage = {k: checkpoint_lineage.get(k) for k in LINEAGE_KEYS} if checkpoint_lineage else {}
 
     ids = [p.id for p in predictions if p.sample == 0]
     tracked.log_params({
         "model_label": cfg.model.name,
-        "benchmark": cfg.benchmark.name if backend != "replay" else f"replay:{Path(cfg.inference.path).name}",
+        "benchmark": cfg.benchmark.name if backend != "replay" else f"replay:{_replay_name(cfg.inference.path)}",
         "temperature": cfg.temperature.temperature,
         "scorer": cfg.scorer.name,
         "prompt_hash": prompt_hash(template, prompts),
@@ -85,6 +89,11 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     return scored.metrics
 
 
+def _replay_name(path: str) -> str:
+    p = Path(path)
+    return p.name if p.is_file() else f"{p.name}/predictions.jsonl"
+
+
 def _question(question: str, options: dict[str, str]) -> Question:
     return Question(source="", question=question, options=options, answer_idx=next(iter(options)), answer="")
 
@@ -96,16 +105,37 @@ def _resolve_model(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
                              scale=cfg.scale)
     path = resolved.location
     lineage_file = Path(path) / LINEAGE_FILE
-    lineage = {}
-    if lineage_file.is_file():
-        data = json.loads(lineage_file.read_text())
-        lineage = {k: data.get(k) for k in LINEAGE_KEYS}
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     return str(path), lineage
+
+
+def _check_fingerprint(cfg: DictConfig, model_path: str | None, requests: list[GenerationRequest], scope: str,
+                       run_dir: Path) -> None:
+    """Refuse kept completions made from other prompts, sampling or weights (see fgrft.evaluation.resume).
+
+    Local backends get their prompt token ids here, from the model's own chat template; an API
+    server applies its own template to the messages."""
+    from fgrft.evaluation.resume import check_or_record, fingerprint, weights_identity
+
+    t = cfg.temperature
+    sampling = {"temperature": t.temperature, "top_p": t.top_p, "max_new_tokens": t.max_new_tokens,
+                "n_samples": t.n_samples, "seed": t.seed}
+    if cfg.inference.backend == "openai":
+        endpoint = {"model": cfg.inference.model, "base_url": cfg.inference.base_url, "cache_scope": scope}
+        prompts = [endpoint, *(r.messages for r in requests)]
+        weights = {"api_model": cfg.inference.model}
+    else:
+        from fgrft.inference.backends import encode_requests
+
+        encode_requests(model_path, requests)
+        prompts = [r.prompt_token_ids for r in requests]
+        weights = weights_identity(model_path, OmegaConf.to_container(cfg.model, resolve=True))
+    check_or_record(run_dir, fingerprint(prompts=prompts, sampling=sampling, weights=weights))
 
 
 def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, questions: list[Question],
               prompts: list[str], run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]] | None:
-    from fgrft.inference.backends import encode_requests, run_backend
+    from fgrft.inference.backends import run_backend
 
     t = cfg.temperature
     sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens)
@@ -114,18 +144,24 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
                           seed=request_seed(t.seed, q.id, s))
         for q, text in zip(questions, prompts) for s in range(t.n_samples)
     ]
+    api = cfg.inference.backend == "openai"
+    scope = ""
+    if api:
+        from fgrft.inference.openai import evaluation_cache_scope
+
+        scope = evaluation_cache_scope(cfg.model, cfg.inference)
+    if not cfg.get("dry_run"):
+        _check_fingerprint(cfg, model_path, requests, scope, run_dir)
     sink = CompletionSink.in_dir(run_dir)
     done = sink.done()
     pending = [r for r in requests if r.key not in done]
     if done:
         log.info("resuming: %d of %d completions already on disk", len(requests) - len(pending), len(requests))
-    api = cfg.inference.backend == "openai"
-    ledger, scope = None, ""
+    ledger = None
     if api:
-        from fgrft.inference.openai import estimate_openai, evaluation_cache_scope
+        from fgrft.inference.openai import estimate_openai
         from fgrft.llm import Budget, Ledger, load_prices
 
-        scope = evaluation_cache_scope(cfg.model, cfg.inference)
         if cfg.get("dry_run"):
             estimate = estimate_openai(cfg.inference, pending, sampling, cache_dir=cfg.paths.cache,
                                        cache_scope=scope)
@@ -137,8 +173,6 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
         raise ValueError("dry_run plans API spending: it applies to inference=openai only")
     throughput: dict[str, float | None] = {"items_per_s": None, "output_tokens_per_s": None}
     if pending:
-        if not api:  # an API server applies its own chat template to the messages
-            encode_requests(model_path, pending)
         started = time.perf_counter()
         try:
             run_backend(cfg.inference, model_path, pending, sampling, sink, run_dir, cache_dir=cfg.paths.cache,

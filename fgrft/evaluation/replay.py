@@ -1,23 +1,82 @@
 """`inference=replay`: stored outputs in, predictions out, no model loaded.
 
-Reads the project's own ``predictions.jsonl`` or the thesis's prediction files
-(a JSON list of objects with ``question``, ``options``, ``answer_idx``,
-``output`` and an optional ``source``; other fields are ignored).
+Reads the project's own ``predictions.jsonl`` (or the run directory holding
+it) or the thesis's prediction files (a JSON list of objects with
+``question``, ``options``, ``answer_idx``, ``output`` and an optional
+``source``; other fields are ignored).
+
+A replayed run of this project keeps its lineage: the ``model`` and
+``temperature`` groups come from the run's ``config.yaml`` (model label,
+checkpoint, temperature, seed) and the checkpoint's lineage from its
+``fgrft.json``, so a replayed fine-tuned run stays in its data arm. What the
+command line sets explicitly wins.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fgrft.records import LETTERS, Prediction, RecordError, item_id, read_jsonl
 
 REQUIRED = ("question", "options", "answer_idx", "output")
+PREDICTIONS_FILE = "predictions.jsonl"
+RUN_CONFIG = "config.yaml"
+LINEAGE_FILE = "fgrft.json"
+# Config groups a replay takes from the replayed run unless the command line sets them.
+LINEAGE_GROUPS = ("model", "temperature")
+
+
+def replay_file(path: str | Path) -> Path:
+    """The predictions file a replay reads: ``path`` itself, or a run directory's predictions.jsonl."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / PREDICTIONS_FILE).is_file():
+            raise RecordError(f"the run directory has no {PREDICTIONS_FILE}", file=path)
+        return path / PREDICTIONS_FILE
+    return path
+
+
+def replay_run_dir(path: str | Path) -> Path | None:
+    """The project run directory a replay comes from (it holds config.yaml), or None."""
+    directory = replay_file(path).parent
+    return directory if (directory / RUN_CONFIG).is_file() else None
+
+
+def with_replay_lineage(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """``cfg`` with the replayed run's model and temperature groups, keys set by ``overrides`` kept."""
+    if OmegaConf.select(cfg, "inference.backend", default=None) != "replay":
+        return cfg
+    path = OmegaConf.select(cfg, "inference.path", default=None, throw_on_missing=False)
+    run_dir = replay_run_dir(path) if path else None
+    if run_dir is None:
+        return cfg
+    source = OmegaConf.load(run_dir / RUN_CONFIG)
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    with open_dict(cfg):
+        for group in LINEAGE_GROUPS:
+            if group in explicit or group not in source:
+                continue
+            for key, value in source[group].items():
+                if f"{group}.{key}" not in explicit:
+                    cfg[group][key] = value
+    return cfg
+
+
+def replay_lineage(path: str | Path, model_path: str | None) -> dict[str, Any]:
+    """The replayed run's ``fgrft.json``: beside its predictions, else in its checkpoint."""
+    run_dir = replay_run_dir(path)
+    for directory in (run_dir, Path(model_path) if model_path else None):
+        if directory is not None and (directory / LINEAGE_FILE).is_file():
+            return json.loads((directory / LINEAGE_FILE).read_text())
+    return {}
 
 
 def load_replay(path: str | Path, render_prompt: Callable[[str, dict[str, str]], str]) -> list[Prediction]:
     """Predictions to score again. `render_prompt(question, options)` fills a missing prompt."""
-    path = Path(path)
+    path = replay_file(path)
     if not path.is_file():
         raise RecordError("replay file does not exist", file=path)
     text = path.read_text(encoding="utf-8")

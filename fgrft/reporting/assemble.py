@@ -49,10 +49,10 @@ def model_order(claims: list[Claim]) -> list[str]:
 
 def build_report(collection: Collection, claims: list[Claim], *, claims_path: Path | None = None,
                  sweep_id: str | None = None, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Report:
-    runs = collection.runs
+    runs = collection.runs + collection.rescored
     report = Report(collection=collection, claims=claims, claims_path=claims_path, sweep_id=sweep_id)
     report.tables = build_tables(runs, claims)
-    report.baselines = baselines(runs)
+    report.baselines = baselines(collection.runs)
     report.letters = letter_distributions(runs)
     report.samples = sample_summaries(runs)
     report.paired = paired_comparisons(runs, model_order=model_order(claims), n_resamples=n_resamples, seed=seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from fgrft.records import Prediction, read_jsonl
-from fgrft.reporting.records import EvalRun, eval_run_from_logged
+from fgrft.reporting.records import EvalRun, eval_run_from_logged, other_scorer_view
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ _PAGE = 1000
 @dataclass
 class Collection:
     runs: list[EvalRun] = field(default_factory=list)
+    # The same runs read by the other scorer (from by_scorer): tables and paired tests for
+    # both scorers without a second generation.
+    rescored: list[EvalRun] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
     experiments: list[str] = field(default_factory=list)
     missing_experiments: list[str] = field(default_factory=list)
@@ -116,7 +119,9 @@ def read_predictions(path: Path) -> list[Prediction]:
     return [Prediction.from_dict(obj) for _, obj in read_jsonl(path)]
 
 
-def load_run(client: Any, run: Any, runs: _Runs, experiment: str, workdir: Path) -> EvalRun:
+def load_run(client: Any, run: Any, runs: _Runs, experiment: str, workdir: Path) -> list[EvalRun]:
+    """The run as its configured scorer read it, and as the other scorer read the same outputs
+    (when its metrics.json has ``by_scorer``)."""
     run_id = run.info.run_id
     dst = workdir / run_id
     dst.mkdir(parents=True, exist_ok=True)
@@ -127,11 +132,14 @@ def load_run(client: Any, run: Any, runs: _Runs, experiment: str, workdir: Path)
 
     metrics_path, predictions_path = fetch(METRICS_FILE), fetch(PREDICTIONS_FILE)
     metrics_doc = json.loads(metrics_path.read_text()) if metrics_path else None
-    predictions = read_predictions(predictions_path) if predictions_path else None
-    return eval_run_from_logged(
+    rows = [obj for _, obj in read_jsonl(predictions_path)] if predictions_path else None
+    predictions = [Prediction.from_dict(obj) for obj in rows] if rows is not None else None
+    configured = eval_run_from_logged(
         run_id=run_id, name=run.info.run_name or run_id, experiment=experiment,
         params=run.data.params, tags=run.data.tags, metrics_doc=metrics_doc, predictions=predictions,
         train_params=training_params(run, runs))
+    other = other_scorer_view(configured, metrics_doc, rows)
+    return [configured] if other is None else [configured, other]
 
 
 def collect_runs(client: Any, experiment_names: list[str] | None, sweep_id: str | None,
@@ -167,7 +175,9 @@ def collect_runs(client: Any, experiment_names: list[str] | None, sweep_id: str 
             out.skipped.append((described, f"status {run.info.status}"))
             continue
         try:
-            out.runs.append(load_run(client, run, runs, names[run.info.experiment_id], workdir))
+            configured, *other = load_run(client, run, runs, names[run.info.experiment_id], workdir)
+            out.runs.append(configured)
+            out.rescored.extend(other)
         except Exception as e:  # one broken run must not hide the others
             out.skipped.append((described, str(e).splitlines()[0] if str(e) else type(e).__name__))
     if sweep_id and not out.runs and not out.skipped:

@@ -6,6 +6,8 @@ directly by tests. Nothing here talks to MLflow.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -138,6 +140,7 @@ class EvalRun:
     samples: dict[str, Any] | None = None  # metrics.json "samples" block (n_samples > 1)
     overall: SourceScore | None = None  # metrics.json "overall" block (pooled over sources)
     notes: list[str] = field(default_factory=list)
+    rescored: bool = False  # the other scorer's reading of a run's outputs (metrics.json by_scorer)
 
     @property
     def short_id(self) -> str:
@@ -156,7 +159,9 @@ class EvalRun:
         """Correctness of sample 0 per (source, item id); None where the scorer dropped the item.
 
         The thesis scorer drops empty outputs from its denominator (their
-        ``head`` is None); a paired test leaves such items out as well.
+        ``head`` is None); a paired test leaves such items out as well. Under
+        that scorer an item counts as correct when its tail reading is (the
+        same reading in both runs of a pair, not each run's better one).
         """
         wanted = set(sources) if sources is not None else None
         out: dict[tuple[str, str], bool | None] = {}
@@ -166,8 +171,12 @@ class EvalRun:
             source = source_name(p.source)
             if wanted is not None and source not in wanted:
                 continue
-            dropped = self.scorer == "thesis" and p.head is None
-            out[(source, p.id)] = None if dropped else bool(p.correct)
+            if self.scorer == "thesis":
+                # The legacy scorer's own correctness uses the head or tail reading, whichever
+                # scored better on this run; a paired test compares the tail reading of both runs.
+                out[(source, p.id)] = None if p.head is None else p.tail == p.answer_idx
+            else:
+                out[(source, p.id)] = bool(p.correct)
         return out
 
 
@@ -251,3 +260,36 @@ def eval_run_from_logged(*, run_id: str, name: str, experiment: str, params: Map
         samples=metrics_doc.get("samples"), notes=notes,
         overall=_score("overall", metrics_doc["overall"]) if metrics_doc.get("overall") else None,
     )
+
+
+def other_scorer_view(run: EvalRun, metrics_doc: Mapping[str, Any] | None,
+                      rows: list[Mapping[str, Any]] | None) -> EvalRun | None:
+    """The same run read by the other scorer, from ``by_scorer`` in its metrics.json and the
+    ``strict_*``/``thesis_*`` fields of its predictions; None for runs logged without them."""
+    by_scorer = (metrics_doc or {}).get("by_scorer") or {}
+    other = {"strict": "thesis", "thesis": "strict"}.get(run.scorer)
+    if other not in by_scorer or not by_scorer[other].get("per_source"):
+        return None
+    blocks = by_scorer[other]
+    fields = ("strict_extracted", "strict_correct") if other == "strict" else ("thesis_head", "thesis_tail",
+                                                                              "thesis_correct")
+    if not rows or not all(k in row for row in rows for k in fields):
+        rows = []  # predictions written without both scorers' fields: the other scorer's scores only
+    predictions = []
+    for p, row in zip(run.predictions, rows or []):
+        if other == "strict":
+            extracted, head, tail = row.get("strict_extracted"), None, None
+            correct = bool(row.get("strict_correct"))
+        else:
+            head, tail = row.get("thesis_head"), row.get("thesis_tail")
+            block = blocks["per_source"].get(source_name(p.source), {})
+            extracted = head if block.get("head_correct", 0) > block.get("tail_correct", 0) else tail
+            correct = bool(row.get("thesis_correct"))
+        predictions.append(dataclasses.replace(p, extracted=extracted, correct=correct, head=head, tail=tail))
+    if len(predictions) != len(run.predictions):
+        predictions = []
+    return dataclasses.replace(
+        run, scorer=other, per_source=scores_from_metrics(blocks), predictions=predictions,
+        samples=blocks.get("samples"), rescored=True,
+        overall=_score("overall", blocks["overall"]) if blocks.get("overall") else None,
+        notes=[*run.notes, f"{other} scorer's reading of the same outputs"])

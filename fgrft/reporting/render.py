@@ -19,6 +19,11 @@ from fgrft.reporting.tables import COLUMNS, NO_ANSWER, OTHER, Cell, Row, TableKe
 TOY_WARNING = ("> **Toy scale.** Every row is the embedded smol model under a thesis model label, on the "
                "bundled sample: the accuracies, and the deltas to the thesis, mean nothing.")
 CAVEAT_MARK = "†"
+LEGACY_MARK = "‡"
+LEGACY_NOTE = (f"{LEGACY_MARK} Legacy (thesis) scorer: each benchmark's accuracy is the better of its head and tail "
+               "readings, chosen after comparing both with the gold answers, so the accuracy leans high and its "
+               "CI (computed as if the reading had been fixed in advance) is too narrow. Paired tests under this "
+               "scorer compare the tail reading of both runs.")
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -38,14 +43,14 @@ def _md_table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- accuracy tables
-def cell_text(cell: Cell | None, shown: ClaimCheck | None) -> str:
+def cell_text(cell: Cell | None, shown: ClaimCheck | None, legacy: bool = False) -> str:
     if cell is None:
         return "-"
     if cell.n_runs == 1:
         ci = cell.ci
         text = pct(cell.mean)
         if ci and not math.isnan(ci[0]):
-            text += f" [{pct(ci[0])}, {pct(ci[1])}]"
+            text += f" [{pct(ci[0])}, {pct(ci[1])}]" + (LEGACY_MARK if legacy else "")
     else:
         text = f"{pct(cell.mean)} ± {pct(cell.sd)} (n={cell.n_runs})"
     if shown is not None and shown.delta is not None:
@@ -59,12 +64,45 @@ def accuracy_section(key: TableKey, rows: list[Row]) -> list[str]:
     lines = [f"## Accuracy (%), {key.title}", ""]
     if key.scale == "toy":
         lines += [TOY_WARNING, ""]
+    legacy = key.scorer == "thesis"
     body = []
     for row in rows:
         body.append([row.label, fmt_t(row.temperature), len(row.runs),
-                     *(cell_text(row.cells.get(c), row.checks.get(c)) for c in COLUMNS)])
+                     *(cell_text(row.cells.get(c), row.checks.get(c), legacy) for c in COLUMNS)])
     lines += _md_table(["model + data arm", "T", "runs", *COLUMNS], body)
+    if legacy:
+        lines += ["", LEGACY_NOTE]
     return lines + [""]
+
+
+def scorer_difference_section(report: Report) -> list[str]:
+    """Per run, how the strict and legacy scorers differ item by item on the same outputs."""
+    views: dict[str, dict[str, Any]] = {}
+    for run in report.collection.runs + report.collection.rescored:
+        if run.predictions:
+            views.setdefault(run.run_id, {})[run.scorer] = run
+    pairs = [(v["strict"], v["thesis"]) for v in views.values() if {"strict", "thesis"} <= set(v)]
+    if not pairs:
+        return []
+    lines = ["## Strict vs legacy scorer on the same outputs", "",
+             "Sample 0 of each item, both scorers reading the same generation (no second sampling). "
+             "Legacy correctness is its chosen (head or tail) reading; an empty output counts as wrong.", ""]
+    body = []
+    for strict_run, thesis_run in pairs:
+        s = {(p.id, p.source): bool(p.correct) for p in strict_run.predictions if p.sample == 0}
+        t = {(p.id, p.source): bool(p.correct) for p in thesis_run.predictions if p.sample == 0}
+        keys = s.keys() & t.keys()
+        both = sum(s[k] and t[k] for k in keys)
+        strict_only = sum(s[k] and not t[k] for k in keys)
+        legacy_only = sum(t[k] and not s[k] for k in keys)
+        unparsed = sum(p.extracted is None for p in strict_run.predictions if p.sample == 0)
+        body.append([f"{strict_run.label} T={fmt_t(strict_run.temperature)} ({strict_run.short_id})",
+                     strict_run.scale, len(keys), pct(sum(s[k] for k in keys) / len(keys) if keys else None),
+                     pct(sum(t[k] for k in keys) / len(keys) if keys else None), both, strict_only, legacy_only,
+                     len(keys) - both - strict_only - legacy_only, unparsed])
+    lines += _md_table(["run", "scale", "items", "strict %", f"legacy %{LEGACY_MARK}", "both right",
+                        "strict only", "legacy only", "neither", "strict unparsed"], body)
+    return lines + ["", LEGACY_NOTE, ""]
 
 
 # --------------------------------------------------------------------------- claims
@@ -256,8 +294,8 @@ def render_markdown(report: Report) -> str:
                   "Run an evaluation first (see experiments/README.md).", ""]
     for key, rows in report.tables.items():
         lines += accuracy_section(key, rows)
-    for section in (claims_section, paired_section, baselines_section, letters_section, samples_section,
-                    runs_section):
+    for section in (claims_section, paired_section, scorer_difference_section, baselines_section,
+                    letters_section, samples_section, runs_section):
         lines += section(report)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -18,7 +18,7 @@ class Extraction:
     ("final" = after the final-response heading, "whole").
 
     Rules: strict "statement", "labelled", "option_text" (answered) and
-    "ambiguous", "no_answer", "empty" (unparsed); thesis "answer_is",
+    "ambiguous", "conflict", "retracted", "no_answer", "empty" (unparsed); thesis "answer_is",
     "isolated_letter", "option_text", "similarity" (its rules 1-4) and "empty".
     """
 

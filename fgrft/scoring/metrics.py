@@ -19,9 +19,18 @@ Definitions (CONTRACTS.md fixes the names; these are the meanings):
   per-item majority vote (see :func:`fgrft.scoring.stats.majority_vote`).
 * ``overall`` pools counts over sources (item-weighted, as the thesis's
   "Overall" column), not a mean of the per-source accuracies.
+* Both scorers read every run: the top-level blocks are the configured
+  scorer's, ``by_scorer.{strict,thesis}`` has each scorer's ``per_source`` and
+  ``overall`` (and ``samples``) blocks from the same outputs.
+* The thesis scorer's per-source accuracy is the better of its head and tail
+  readings, chosen after comparing both with the gold answers, so its
+  ``ci_low``/``ci_high`` (computed as if the reading had been fixed in
+  advance) are optimistic; paired tests under that scorer compare the tail
+  reading of both runs (see :mod:`fgrft.reporting.records`).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -44,11 +53,20 @@ AUDIT_OUTPUT_CHARS = 400  # tail of the output kept in an audit row
 
 @dataclass
 class ScoredRun:
-    """Scored predictions (filled in place) and the two files built from them."""
+    """Scored predictions (filled in place) and the two files built from them.
+
+    ``by_scorer`` holds, per prediction, both scorers' readings of the same
+    output (the ``predictions.jsonl`` fields of :data:`BOTH_SCORERS_FIELDS`).
+    """
 
     predictions: list[Prediction]
     metrics: dict[str, Any]
     audit: list[dict[str, Any]] = field(default_factory=list)
+    by_scorer: list[dict[str, Any]] = field(default_factory=list)
+
+
+# What each predictions.jsonl line carries from both scorers, whichever is configured.
+BOTH_SCORERS_FIELDS = ("strict_extracted", "strict_correct", "thesis_head", "thesis_tail", "thesis_correct")
 
 
 def _thesis_choice(ext: Extraction, counts: SourceCounts) -> str | None:
@@ -153,59 +171,87 @@ def score_predictions(
     scorer) on each prediction, and build ``metrics.json`` and the audit rows.
 
     ``prompt`` is the prompt option's name; ``throughput`` the caller's
-    {items_per_s, output_tokens_per_s}. With ``audit`` both scorers run so
-    that items on which they disagree (strict letter vs the thesis's chosen
-    letter) are listed; ``seed``/``n_resamples`` drive the multi-sample CIs.
+    {items_per_s, output_tokens_per_s}. Both scorers always run (``by_scorer``
+    in the metrics, :attr:`ScoredRun.by_scorer` per prediction); with ``audit``
+    the items on which they disagree (strict letter vs the thesis's chosen
+    letter) are listed. ``seed``/``n_resamples`` drive the multi-sample CIs.
     """
     if scorer not in SCORER_NAMES:
         raise ValueError(f"unknown scorer {scorer!r}; choose one of {', '.join(SCORER_NAMES)}")
-    need_strict = audit or scorer == strict.NAME
-    need_thesis = audit or scorer == thesis.NAME
-    strict_ext = [strict.extract(p.output or "", p.options) for p in predictions] if need_strict else []
-    thesis_ext = [thesis.extract(p.output or "", p.options) for p in predictions] if need_thesis else []
-    counts = thesis.tally((p.source, e, p.answer_idx)
-                          for p, e in zip(predictions, thesis_ext)) if need_thesis else {}
+    # Both scorers read every output: metrics.json and predictions.jsonl carry
+    # both, so comparing them never needs a second generation.
+    strict_ext = [strict.extract(p.output or "", p.options) for p in predictions]
+    thesis_ext = [thesis.extract(p.output or "", p.options) for p in predictions]
+    counts = thesis.tally((p.source, e, p.answer_idx) for p, e in zip(predictions, thesis_ext))
     thesis_letters = [_thesis_choice(e, counts[source_name(p.source)])
                       for p, e in zip(predictions, thesis_ext)]
 
-    for i, p in enumerate(predictions):
-        if scorer == strict.NAME:
-            p.extracted, p.head, p.tail = strict_ext[i].letter, None, None
-        else:
-            p.extracted, p.head, p.tail = thesis_letters[i], thesis_ext[i].head, thesis_ext[i].tail
-        p.correct = same_letter(p.extracted, p.answer_idx)
+    views: dict[str, list[Prediction]] = {}
+    for name in SCORER_NAMES:
+        views[name] = predictions if name == scorer else [dataclasses.replace(p) for p in predictions]
+        for i, p in enumerate(views[name]):
+            if name == strict.NAME:
+                p.extracted, p.head, p.tail = strict_ext[i].letter, None, None
+            else:
+                p.extracted, p.head, p.tail = thesis_letters[i], thesis_ext[i].head, thesis_ext[i].tail
+            p.correct = same_letter(p.extracted, p.answer_idx)
 
-    by_source: dict[str, list[Prediction]] = defaultdict(list)
-    for p in predictions:
-        by_source[source_name(p.source)].append(p)
     n_samples = len({p.sample for p in predictions})
+    blocks = {name: _scorer_blocks(views[name], name, n_samples, seed, n_resamples) for name in SCORER_NAMES}
     metrics: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "scorer": scorer,
         "prompt": prompt,
-        "per_source": {s: _block(ps, scorer, n_samples, seed, n_resamples)
-                       for s, ps in by_source.items()},
-        "overall": _block(predictions, scorer, n_samples, seed, n_resamples),
+        **blocks[scorer],
+        "by_scorer": blocks,
     }
-    if n_samples > 1:
-        metrics["samples"] = _samples_block(predictions, scorer)
     metrics["throughput"] = {"items_per_s": None, "output_tokens_per_s": None, **(throughput or {})}
+    both = [{"strict_extracted": s.letter, "strict_correct": same_letter(s.letter, p.answer_idx),
+             "thesis_head": t.head, "thesis_tail": t.tail,
+             "thesis_correct": same_letter(t_letter, p.answer_idx)}
+            for p, s, t, t_letter in zip(predictions, strict_ext, thesis_ext, thesis_letters)]
 
     rows = []
     if audit:
         for p, s, t, t_letter in zip(predictions, strict_ext, thesis_ext, thesis_letters):
             if s.letter != t_letter:
                 rows.append(_audit_row(p, s, t, t_letter))
-    return ScoredRun(predictions, metrics, rows)
+    return ScoredRun(predictions, metrics, rows, both)
+
+
+def _scorer_blocks(preds: Sequence[Prediction], scorer: str, n_samples: int, seed: int,
+                   n_resamples: int) -> dict[str, Any]:
+    """``per_source`` and ``overall`` (and ``samples``) of one scorer's reading."""
+    by_source: dict[str, list[Prediction]] = defaultdict(list)
+    for p in preds:
+        by_source[source_name(p.source)].append(p)
+    out: dict[str, Any] = {
+        "per_source": {s: _block(ps, scorer, n_samples, seed, n_resamples) for s, ps in by_source.items()},
+        "overall": _block(preds, scorer, n_samples, seed, n_resamples),
+    }
+    if n_samples > 1:
+        out["samples"] = _samples_block(preds, scorer)
+    return out
+
+
+MLFLOW_KEYS = ("accuracy", "ci_low", "ci_high", "unparsed")
 
 
 def mlflow_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The MLflow metric names of CONTRACTS.md for one ``metrics.json`` dict."""
+    """The MLflow metric names of CONTRACTS.md for one ``metrics.json`` dict.
+
+    Unprefixed keys are the configured scorer's; ``<scorer>/<key>/<source>``
+    (``<source>`` including ``overall``) are each scorer's, from ``by_scorer``.
+    """
     out: dict[str, float] = {}
     for source, block in metrics["per_source"].items():
-        for key in ("accuracy", "ci_low", "ci_high", "unparsed"):
+        for key in MLFLOW_KEYS:
             out[f"{key}/{source}"] = float(block[key])
     out["accuracy/overall"] = float(metrics["overall"]["accuracy"])
+    for scorer, blocks in (metrics.get("by_scorer") or {}).items():
+        for source, block in [*blocks["per_source"].items(), ("overall", blocks["overall"])]:
+            for key in MLFLOW_KEYS:
+                out[f"{scorer}/{key}/{source}"] = float(block[key])
     return out
 
 
