@@ -72,7 +72,7 @@ def test_ledger_tallies_tokens_per_model_and_cache_hits_cost_nothing(prices):
     assert ledger.record("gpt-4o", usage, cached=True) == 0.0
     ledger.record("served-llama", usage, cached=False, local=True)
     ledger.record("mystery", usage, cached=False)
-    assert set(ledger.summary()) == {"calls", "cache_hits", "tokens", "cost_usd"}  # the contract's
+    assert set(ledger.summary()) == {"calls", "cache_hits", "tokens", "cost_usd", "mode"}  # the contract's
     summary = ledger.summary(details=True)
     assert (summary["calls"], summary["cache_hits"]) == (3, 1)
     assert summary["tokens"]["gpt-4o"] == {"prompt": 1000, "cached": 0, "completion": 1000, "reasoning": 100}

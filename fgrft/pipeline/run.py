@@ -16,7 +16,8 @@ of Revise with ``max_revisions=0`` is ``gate_failed`` too. Then the chain's deci
 format and P5's answer are checked (:mod:`fgrft.pipeline.guards`); a question is kept only if
 every step returned a schema-valid answer and every check passed.
 
-Questions run concurrently. At most ``window`` are in flight, so the lanes stay full while
+Questions run concurrently: a question is admitted when its first lane would otherwise idle,
+and queued calls are served further-along chains first, so the lanes stay full while
 questions keep finishing (rather than every question's P1 queueing ahead of any P2), which
 matters when a budget stops the run: what finished is kept.
 
@@ -111,10 +112,11 @@ class Pipeline:
         return Sampling.from_mapping({**keys, "seed": derived_seed(q.id, label, salt, tries)})
 
     async def _ask(self, ep: Endpoint, step: str, label: str, q: Question, messages: list[dict],
-                   sampling: Sampling) -> dict:
+                   sampling: Sampling, done: int) -> dict:
         schema = STEPS[step].schema("".join(sorted(q.options)), sampling.max_tokens)
+        # Chains further along go first (``done`` = steps this question has answered).
         result = await ep.call(messages, schema=schema, schema_name=f"fgrft_{step}",
-                               sampling=sampling, id=q.id, step=label)
+                               sampling=sampling, id=q.id, step=label, priority=done)
         return result.parsed
 
     async def call(self, step: str, label: str, q: Question, outcome: Outcome,
@@ -127,7 +129,8 @@ class Pipeline:
         for t in range(tries):
             try:
                 parsed = await self._ask(ep, step, label, q, messages,
-                                         self._sampling(step, role, q, label, t))
+                                         self._sampling(step, role, q, label, t),
+                                         len(outcome.models))
                 outcome.models[label] = ep.cfg.model
                 return parsed
             except (OutputError, RetryExhaustedError) as exc:
@@ -138,7 +141,8 @@ class Pipeline:
         # The primary model failed `after_failures` times: the fallback answers this step.
         outcome.fallbacks += 1
         sampling = self._sampling(step, role, q, label, tries, temperature=fb.temperature)
-        parsed = await self._ask(fb.endpoint, step, label, q, messages, sampling)
+        parsed = await self._ask(fb.endpoint, step, label, q, messages, sampling,
+                                 len(outcome.models))
         outcome.models[label] = fb.endpoint.cfg.model
         return parsed
 
@@ -219,17 +223,51 @@ class Pipeline:
                       on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         """Every question's outcome, in input order. A fatal API error stops new calls (the
         remaining questions end as ``api_error``) and is kept in ``self.fatal`` for the caller
-        to raise once the files are written."""
-        gate = asyncio.Semaphore(max(1, window))
+        to raise once the files are written.
 
-        async def one(q: Question) -> Outcome:
-            async with gate:
-                outcome = await self.run_one(q)
-            if on_outcome is not None:
-                on_outcome(outcome)
-            return outcome
+        Admission is by ready calls: a question starts when the lane of its first step would
+        otherwise leave a slot idle (nothing queued, a slot free), so a finished call's slot
+        goes at once to the next ready call of any question, and new questions fill the gaps
+        while older chains are between steps. Queued calls are served further-along chains
+        first (see :meth:`call`), so questions finish steadily and a stopped run keeps them.
+        At most ``window`` questions are in flight (a memory bound, not a pacing one)."""
+        questions = list(questions)
+        outcomes: list[Outcome | None] = [None] * len(questions)
+        limiter = self.endpoints[STEPS["p1"].role].lane.limiter
+        wake = asyncio.Event()
+        live = 0
 
-        return list(await asyncio.gather(*(one(q) for q in questions)))
+        async def one(i: int, q: Question) -> None:
+            nonlocal live
+            try:
+                outcomes[i] = await self.run_one(q)
+                if on_outcome is not None:
+                    on_outcome(outcomes[i])
+            finally:
+                live -= 1
+                wake.set()
+
+        def blocked() -> bool:
+            return live >= max(1, window) or limiter.room <= 0
+
+        tasks: list[asyncio.Task] = []
+        limiter.listeners.append(wake.set)
+        try:
+            for i, q in enumerate(questions):
+                while blocked():
+                    wake.clear()
+                    await wake.wait()
+                live += 1
+                tasks.append(asyncio.create_task(one(i, q)))
+                # Let it run up to its first lane (or finish from the cache) before the room
+                # is counted again.
+                await asyncio.sleep(0)
+            await asyncio.gather(*tasks)
+        finally:
+            limiter.listeners.remove(wake.set)
+            for task in tasks:
+                task.cancel()
+        return outcomes  # type: ignore[return-value]
 
 
 def _last_gate(out: Outcome) -> str:
