@@ -128,6 +128,10 @@ class EndpointConfig:
     tpm: Optional[int] = None
     timeout_s: float = 300.0
     max_output_tokens: int = 2048
+    mode: str = "sync"  # sync | batch (provider Batch API)
+    batch_poll_s: float = 60.0
+    batch_max_tries: int = 3
+    max_enqueued_tokens: Optional[int] = None
     # step name -> sampling parameters (temperature, top_p, ...)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: Optional[FallbackConfig] = None
@@ -254,6 +258,8 @@ CHOICES = {
     "prompt.name": {"thesis", "strict"},
     "generator.kind": {"embedded", "vllm", "openai"},
     "verifier.kind": {"embedded", "vllm", "openai"},
+    "generator.mode": {"sync", "batch"},
+    "verifier.mode": {"sync", "batch"},
     "trainer.distributed": {"ddp", "zero3"},
     "trainer.precision": {"fp32", "bf16"},
     "trainer.batching": {"packed", "grouped", "padded"},

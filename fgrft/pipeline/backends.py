@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 ROLES = ("generator", "verifier")
 EMBEDDED_MODEL = "smol"
-_ENDPOINT_KEYS = ("api_key_env", "concurrency", "rpm", "tpm", "timeout_s")
+_ENDPOINT_KEYS = ("api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "mode", "batch_poll_s",
+                  "batch_max_tries", "max_enqueued_tokens")
 
 
 def role_settings(cfg: DictConfig, role: str) -> dict[str, Any]:
@@ -49,8 +50,16 @@ def served_model(settings: dict[str, Any]) -> str:
     return EMBEDDED_MODEL if settings["kind"] == "embedded" else settings["model"]
 
 
+def check_mode(role: str, settings: dict[str, Any]) -> None:
+    if settings.get("mode") == "batch" and settings["kind"] == "embedded":
+        raise ConfigError(f"{role}.mode=batch: the embedded server has no Batch API; use "
+                          f"{role}.mode=sync, or a kind=openai / kind=vllm endpoint that serves "
+                          "/v1/batches")
+
+
 def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None,
              model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointConfig:
+    check_mode(role, settings)
     base_url = base_url or settings.get("base_url")
     if not base_url:
         raise ConfigError(f"{role}.base_url must be set for kind={settings['kind']}")
@@ -72,6 +81,8 @@ class Backends:
 @contextlib.contextmanager
 def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
     settings = {role: role_settings(cfg, role) for role in ROLES}
+    for role, s in settings.items():
+        check_mode(role, s)  # before a server starts
     server = None
     try:
         scope = ""

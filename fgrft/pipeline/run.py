@@ -35,8 +35,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from fgrft.llm import (BudgetExhaustedError, Endpoint, FatalAPIError, OutputError,
-                       RetryExhaustedError, RunStoppedError, Sampling)
+from fgrft.llm import (BatchFailedError, BudgetExhaustedError, Endpoint, FatalAPIError,
+                       OutputError, RetryExhaustedError, RunStoppedError, Sampling)
 from fgrft.pipeline import guards
 from fgrft.pipeline.guards import Rejected
 from fgrft.pipeline.prompts import PromptSet
@@ -101,6 +101,12 @@ class Pipeline:
         self.fallback = fallback
         self.fatal: FatalAPIError | None = None  # the first fatal API error seen, if any
 
+    @property
+    def batcher(self):
+        """The engine's batch path when any endpoint (fallback included) is in batch mode."""
+        eps = list(self.endpoints.values()) + ([self.fallback.endpoint] if self.fallback else [])
+        return next((ep.engine.batcher for ep in eps if ep.cfg.mode == "batch"), None)
+
     # -- one call -----------------------------------------------------------------------
     def _sampling(self, step: str, role: str, q: Question, label: str, tries: int,
                   temperature: Any = ...) -> Sampling:
@@ -115,8 +121,11 @@ class Pipeline:
                    sampling: Sampling, done: int) -> dict:
         schema = STEPS[step].schema("".join(sorted(q.options)), sampling.max_tokens)
         # Chains further along go first (``done`` = steps this question has answered).
+        # The step's typical answer size sizes a batch's budget reservation (as the dry run).
+        expected = min(STEPS[step].expected_output_tokens, sampling.max_tokens or 1 << 30)
         result = await ep.call(messages, schema=schema, schema_name=f"fgrft_{step}",
-                               sampling=sampling, id=q.id, step=label, priority=done)
+                               sampling=sampling, id=q.id, step=label, priority=done,
+                               expected_output_tokens=expected)
         return result.parsed
 
     async def call(self, step: str, label: str, q: Question, outcome: Outcome,
@@ -236,6 +245,12 @@ class Pipeline:
         limiter = self.endpoints[STEPS["p1"].role].lane.limiter
         wake = asyncio.Event()
         live = 0
+        # With a batch endpoint every question is admitted at once and is a worker of the
+        # batcher: a round goes out when every unfinished question waits on a batch call
+        # (step-synchronous rounds; the sync role's calls run in between).
+        batcher = self.batcher
+        if batcher is not None:
+            batcher.set_workers(len(questions))
 
         async def one(i: int, q: Question) -> None:
             nonlocal live
@@ -246,8 +261,12 @@ class Pipeline:
             finally:
                 live -= 1
                 wake.set()
+                if batcher is not None:
+                    batcher.set_workers(batcher.workers - 1)
 
         def blocked() -> bool:
+            if batcher is not None:
+                return False
             return live >= max(1, window) or limiter.room <= 0
 
         tasks: list[asyncio.Task] = []
@@ -259,9 +278,10 @@ class Pipeline:
                     await wake.wait()
                 live += 1
                 tasks.append(asyncio.create_task(one(i, q)))
-                # Let it run up to its first lane (or finish from the cache) before the room
-                # is counted again.
-                await asyncio.sleep(0)
+                if batcher is None:
+                    # Let it run up to its first lane (or finish from the cache) before the
+                    # room is counted again.
+                    await asyncio.sleep(0)
             await asyncio.gather(*tasks)
         finally:
             limiter.listeners.remove(wake.set)
@@ -294,6 +314,8 @@ class _StepFailed(Exception):
         if isinstance(exc, OutputError):
             reason = "refused" if exc.outcome in ("refusal", "content_filter") else "parse_failure"
             return cls(reason, step, str(exc))
+        if isinstance(exc, BatchFailedError):
+            return cls("batch_failed", step, str(exc))
         if isinstance(exc, (RetryExhaustedError, FatalAPIError, RunStoppedError)):
             return cls("api_error", step, str(exc))
         raise exc
