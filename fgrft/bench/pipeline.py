@@ -2,6 +2,7 @@
 
     python -m fgrft.bench.pipeline [--questions 500] [--concurrency 64] [--latency-s 0.2]
                                    [--mix fixed|realistic] [--json FILE]
+    python -m fgrft.bench.pipeline --mode batch [--questions 500] [--mix realistic]
 
 Runs the real command (``python -m fgrft.generate generator=vllm_local verifier=vllm_local``)
 on ``--questions`` questions (the bundled sample repeated, each copy a distinct question)
@@ -25,6 +26,13 @@ the longest chain is the most calls one question made in sequence. Lane utilisat
 server's mean number of requests in flight over the span, divided by the concurrency.
 Target: span within 1.1x the ideal and utilisation at least 90%, on both mixes. A second run
 of the same command must send nothing (all cache hits).
+
+``--mode batch`` runs the same command with ``generator.mode=batch verifier.mode=batch``
+against the batch fixture (:mod:`fgrft.testing.batch_server`, answering rows with the same
+responders) whose first batch expires part-way and whose second has failing rows. It reports
+rounds, batches, rows submitted and resubmitted and the wall time, and checks that every
+question reaches an outcome, that only rows which failed or never ran were submitted again,
+and that a re-run creates no batch.
 
 :class:`StepResponder` is also what the pipeline tests answer with.
 """
@@ -281,6 +289,70 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
     return out
 
 
+def run_batch(questions: int, mix: str, delay_s: float, poll_s: float) -> dict:
+    out: dict[str, Any] = {"questions": questions, "mix": mix, "mode": "batch",
+                           "batch_delay_s": delay_s, "poll_s": poll_s, "cpus": os.cpu_count()}
+    expire_first = questions // 4
+    server_args = ["-m", "fgrft.testing.batch_server", "--mix", mix, "--delay-s", str(delay_s),
+                   "--expire-first", str(expire_first), "--fail-rows", "7"]
+    with tempfile.TemporaryDirectory(prefix="fgrft-bench-batch-") as tmp, \
+            ServerProcess(server_args) as server:
+        root = Path(tmp)
+        source = root / "questions.json"
+        write_questions(source, questions)
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        command = generate_command(server.base_url, source, 64, mix) + [
+            "generator.mode=batch", "verifier.mode=batch",
+            f"generator.batch_poll_s={poll_s}", f"verifier.batch_poll_s={poll_s}"]
+        started = time.perf_counter()
+        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+        out["command_wall_s"] = time.perf_counter() - started
+        if r.returncode != 0:
+            raise RuntimeError(f"generate failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        stats = server.stats()
+        (summary_path,) = list((root / "outputs").rglob("summary.json"))
+        summary = json.loads(summary_path.read_text())
+        out.update(kept=summary["kept"], dropped=summary["dropped"], generate_wall_s=summary["wall_s"],
+                   outcomes=summary["kept"] + sum(summary["dropped"].values()),
+                   batches=summary["batches"], server=stats, sync_calls=stats["total"],
+                   revised=summary["revised"], fallbacks=summary["fallbacks"],
+                   cost_usd=summary["cost_usd"])
+        started = time.perf_counter()
+        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(f"re-run failed:\n{r.stderr[-3000:]}")
+        again = json.loads(summary_path.read_text())
+        out.update(rerun_wall_s=time.perf_counter() - started,
+                   rerun_new_batches=server.stats()["creates"] - stats["creates"],
+                   rerun_cache_hits=again["cache_hits"], rerun_kept=again["kept"])
+    b = out["batches"]
+    out["checks"] = {
+        "every_question_has_an_outcome": out["outcomes"] == questions,
+        "only_unanswered_rows_sent_again": stats["rows_sent_again"] == b["rows_resubmitted"],
+        "rerun_creates_no_batch": out["rerun_new_batches"] == 0,
+    }
+    return out
+
+
+def report_batch(r: dict) -> str:
+    b, s = r["batches"], r["server"]
+    return "\n".join([
+        f"pipeline, mode=batch: {r['questions']} questions, {r['mix']} mix, fixture batches take "
+        f"{r['batch_delay_s']} s, poll every {r['poll_s']} s (backing off), {r['cpus']} CPUs",
+        f"  outcomes   kept {r['kept']}, dropped {r['dropped'] or 'none'} (revised {r['revised']}, "
+        f"fallbacks {r['fallbacks']})",
+        f"  rounds     {b['rounds']}; batches created {b['batches']} (fixture: {s['statuses']})",
+        f"  rows       submitted {b['rows_submitted']:,}, resubmitted {b['rows_resubmitted']:,} "
+        f"(fixture: {s['rows']:,} rows, {s['distinct_rows']:,} distinct, "
+        f"{s['rows_sent_again']:,} sent again); refusals {b['token_limit_refusals']}",
+        f"  wall       {r['generate_wall_s']:.1f} s job, {r['command_wall_s']:.1f} s command",
+        f"  re-run     {r['rerun_wall_s']:.1f} s, {r['rerun_new_batches']} new batches, "
+        f"{r['rerun_cache_hits']:,} cache hits, kept {r['rerun_kept']}",
+        f"  checks     {r['checks']}",
+    ])
+
+
 def report(r: dict) -> str:
     return "\n".join([
         f"pipeline: {r['questions']} questions, {r['mix']} mix, concurrency {r['concurrency']}, "
@@ -304,11 +376,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-s", type=float, default=0.2)
     parser.add_argument("--mix", choices=("fixed", "realistic"), default="fixed")
+    parser.add_argument("--mode", choices=("sync", "batch"), default="sync")
+    parser.add_argument("--batch-delay-s", type=float, default=0.5,
+                        help="(--mode batch) how long each fixture batch runs")
+    parser.add_argument("--poll-s", type=float, default=0.2, help="(--mode batch) batch_poll_s")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.latency_s, args.mix)
+        return 0
+    if args.mode == "batch":
+        result = run_batch(args.questions, args.mix, args.batch_delay_s, args.poll_s)
+        print(report_batch(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        assert all(result["checks"].values()), result["checks"]
         return 0
     result = run(args.questions, args.concurrency, args.latency_s, args.mix)
     print(report(result))

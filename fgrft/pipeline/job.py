@@ -149,9 +149,9 @@ def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet) -> dict[s
     plan = planning.make_plan(prompts, shape, count, settings,
                               max_revisions=cfg.max_revisions, regate=cfg.regate)
     plan.notes += notes
-    est = planning.price(plan)
-    print(planning.report(plan, est), flush=True)
-    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra))
+    est, batch = planning.price(plan), planning.price(plan, mode="batch")
+    print(planning.report(plan, est, batch), flush=True)
+    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra, batch))
     tracked.log_metrics({"planned_calls": est.total.calls, "estimated_cost_usd": est.total.cost_usd,
                          "questions": count})
     return est.to_dict()

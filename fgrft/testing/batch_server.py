@@ -86,6 +86,15 @@ class BatchServer(FaultServer):
         self._scripts: collections.deque[BatchScript] = collections.deque()
         self._seq = 0
 
+    def stats(self) -> dict:
+        out = super().stats()
+        with self._lock:
+            out.update(creates=self.creates, cancels=self.cancels, polls=self.polls,
+                       rows=sum(self.rows.values()), distinct_rows=len(self.rows),
+                       rows_sent_again=sum(n - 1 for n in self.rows.values()),
+                       statuses=dict(collections.Counter(b.status for b in self.batches.values())))
+        return out
+
     def script(self, *scripts: BatchScript) -> None:
         with self._lock:
             self._scripts.extend(scripts)
@@ -323,12 +332,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-s", type=float, default=0.0, help="every batch's run time")
     parser.add_argument("--mix", choices=("fixed", "realistic"), default="fixed",
                         help="answer rows like the pipeline benchmark's responders")
+    parser.add_argument("--expire-first", type=int, default=None,
+                        help="the first batch expires after this many rows")
+    parser.add_argument("--fail-rows", type=int, default=0,
+                        help="the last N rows of the second batch fail")
     args = parser.parse_args(argv)
-    from fgrft.bench.pipeline import MixResponder, StepResponder
+    from fgrft.bench.pipeline import FALLBACK_MODEL, MODEL, MixResponder, StepResponder
 
     responder = MixResponder() if args.mix == "realistic" else StepResponder()
-    server = BatchServer(port=args.port, responder=responder, models=("bench-model",))
+    server = BatchServer(port=args.port, responder=responder, models=(MODEL, FALLBACK_MODEL))
     server.default = BatchScript(delay_s=args.delay_s)
+    server.script(BatchScript(delay_s=args.delay_s, expire_after=args.expire_first),
+                  BatchScript(delay_s=args.delay_s, fail_rows=args.fail_rows))
     server.serve_forever()
 
 
