@@ -182,3 +182,22 @@ def test_budget_reserves_before_submitting_and_cancels_in_flight_batches_when_sp
                      model="gpt-4o", return_exceptions=True)
     assert all(isinstance(r, BudgetExhaustedError) for r in results)
     assert not batch_server.batches
+
+
+def test_batch_settings_are_checked_before_anything_starts():
+    from fgrft.llm import ConfigError
+    from fgrft.pipeline.backends import check_mode
+
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        EndpointConfig(base_url="http://x/v1", model="m", mode="bulk")
+    with pytest.raises(ConfigError, match="batch_max_tries must be >= 1"):
+        EndpointConfig(base_url="http://x/v1", model="m", mode="batch", batch_max_tries=0)
+    with pytest.raises(ConfigError, match="generator.mode=batch: the embedded server has no Batch API"):
+        check_mode("generator", {"kind": "embedded", "mode": "batch"})
+    check_mode("verifier", {"kind": "openai", "mode": "batch"})
+
+    async def without_a_durable_cache():
+        async with Engine() as engine:
+            engine.endpoint(EndpointConfig(base_url="http://x/v1", model="m", kind="vllm", mode="batch"))
+    with pytest.raises(ConfigError, match="needs the SQLite response cache"):
+        asyncio.run(without_a_durable_cache())

@@ -95,6 +95,10 @@ class InferenceConfig:
     rpm: Optional[int] = None
     tpm: Optional[int] = None
     timeout_s: float = 600.0
+    mode: str = "sync"  # sync | batch (provider Batch API)
+    batch_poll_s: float = 60.0
+    batch_max_tries: int = 3
+    max_enqueued_tokens: Optional[int] = None
 
 
 @dataclass
@@ -259,6 +263,7 @@ CHOICES = {
     "generator.kind": {"embedded", "vllm", "openai"},
     "verifier.kind": {"embedded", "vllm", "openai"},
     "generator.mode": {"sync", "batch"},
+    "inference.mode": {"sync", "batch"},
     "verifier.mode": {"sync", "batch"},
     "trainer.distributed": {"ddp", "zero3"},
     "trainer.precision": {"fp32", "bf16"},
