@@ -119,7 +119,8 @@ def test_max_enqueued_tokens_sends_a_round_in_waves_and_files_respect_the_row_li
         engine.batcher.max_requests_per_file = 2
     results, stats = ask(batch_server, tmp_path, 5, max_enqueued_tokens=10_000, before=small_files)
     assert all(r.outcome == "ok" for r in results)
-    assert [len(b.lines) for b in batch_server.batches.values()] == [2, 2, 1]
+    # (the files of one wave are created concurrently, in any order)
+    assert sorted(len(b.lines) for b in batch_server.batches.values()) == [1, 2, 2]
     assert stats["rounds"] == 1 and stats["rows_submitted"] == 5
 
     # Each request is estimated above 64 tokens: a cap of 150 allows 2 rows per wave.
