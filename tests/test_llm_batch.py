@@ -25,7 +25,8 @@ def batch_server():
 
 def endpoint(server, mode="batch", **kw) -> EndpointConfig:
     return EndpointConfig(base_url=server.base_url, model=kw.pop("model", "m"), kind="vllm",
-                          name="gen", mode=mode, batch_poll_s=0.02, timeout_s=10, **kw)
+                          name=kw.pop("name", "gen"), mode=mode, batch_poll_s=0.02, timeout_s=10,
+                          **kw)
 
 
 def ask(server, cache_dir, n=5, *, ledger=None, prefix="q", return_exceptions=False,
@@ -98,9 +99,11 @@ def test_failed_rows_are_retried_up_to_batch_max_tries_then_fail(batch_server, t
     assert len(failed) == 1 and isinstance(failed[0], BatchFailedError)
     assert "2 batch(es)" in str(failed[0])
     assert stats["rows_submitted"] == 4 + 2 and stats["rows_resubmitted"] == 2
-    # The failure is remembered: a new process does not start the count again.
-    results, stats = ask(batch_server, tmp_path, 4, batch_max_tries=2, return_exceptions=True)
-    assert isinstance(results[-1], BatchFailedError) or stats["rows_submitted"] <= 1
+    # A re-run tries the dropped row again (alone: the others are cached), as sync mode would.
+    results, stats = ask(batch_server, tmp_path, 4, batch_max_tries=2)
+    assert [r.cached for r in results] == [True, True, True, False]
+    assert stats["rows_submitted"] == 1 and stats["rows_resubmitted"] == 1
+    assert sorted(batch_server.rows.values()) == [1, 1, 2, 3]
 
 
 def test_a_failed_validation_is_reported_and_a_token_limit_refusal_is_not_a_try(batch_server, tmp_path, caplog):
@@ -123,11 +126,15 @@ def test_max_enqueued_tokens_sends_a_round_in_waves_and_files_respect_the_row_li
     assert sorted(len(b.lines) for b in batch_server.batches.values()) == [1, 2, 2]
     assert stats["rounds"] == 1 and stats["rows_submitted"] == 5
 
-    # Each request is estimated above 64 tokens: a cap of 150 allows 2 rows per wave.
+    # Each request is estimated at about 116 tokens (prompt and schema, plus the 64-token cap):
+    # a cap of 250 allows 2 per wave, and a wave goes only when the one before has ended.
     batch_server.batches.clear()
-    results, _ = ask(batch_server, tmp_path, 5, prefix="w", max_enqueued_tokens=150)
-    sizes = [len(b.lines) for b in batch_server.batches.values()]
-    assert sum(sizes) == 5 and max(sizes) <= 2
+    batch_server.default = BatchScript(delay_s=0.05)
+    results, _ = ask(batch_server, tmp_path, 5, prefix="w", max_enqueued_tokens=250)
+    assert all(r.outcome == "ok" for r in results)
+    batches = list(batch_server.batches.values())
+    assert [len(b.lines) for b in batches] == [2, 2, 1]
+    assert all(later.created >= earlier.ended for earlier, later in zip(batches, batches[1:]))
 
 
 def test_a_crash_between_create_and_its_record_is_healed_through_batches_list(batch_server, tmp_path):
@@ -202,3 +209,35 @@ def test_batch_settings_are_checked_before_anything_starts():
             engine.endpoint(EndpointConfig(base_url="http://x/v1", model="m", kind="vllm", mode="batch"))
     with pytest.raises(ConfigError, match="needs the SQLite response cache"):
         asyncio.run(without_a_durable_cache())
+
+
+def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tmp_path):
+    from fgrft.bench.pipeline import StepResponder
+    from fgrft.data import load_source
+    from fgrft.pipeline.prompts import load_prompts
+    from fgrft.pipeline.run import Pipeline, RunSettings
+
+    questions = load_source({"name": "sample"}).questions[:3]
+
+    async def go(server):
+        cache = SqliteResponseCache.in_dir(tmp_path)
+        try:
+            async with Engine(cache=cache, ledger=Ledger()) as engine:
+                gen = engine.endpoint(endpoint(server, model="gen-model", name="generator"))
+                ver = engine.endpoint(endpoint(server, model="ver-model", name="verifier",
+                                               batch_max_tries=1))
+                settings = RunSettings(max_tokens={"generator": 1024, "verifier": 1024},
+                                       sampling={}, run_id="r")
+                pipeline = Pipeline({"generator": gen, "verifier": ver}, load_prompts(), settings)
+                return await pipeline.run_all(questions, window=8), engine.batcher.stats
+        finally:
+            cache.close()
+
+    with BatchServer(responder=StepResponder(), models=("gen-model", "ver-model")) as server:
+        # Round 1: the P1s. Round 2: the P2s, of which the last row fails.
+        server.script(BatchScript(), BatchScript(fail_rows=1))
+        outcomes, stats = asyncio.run(go(server))
+    assert [o.kept for o in outcomes].count(True) == 2
+    (dropped,) = [o for o in outcomes if not o.kept]
+    assert (dropped.reason, dropped.step) == ("batch_failed", "p2")
+    assert stats.rounds == 6 and stats.rows_submitted == 3 + 3 + 2 * 4

@@ -28,7 +28,8 @@ Lifecycle (each step is durable before the next starts):
    cache under its request key (the same key a sync call uses, so a run can switch modes and
    pay nothing twice) and charged at the batch price; failed rows and rows that never ran are
    resubmitted alone, up to ``batch_max_tries`` batches per row, then raise
-   :class:`BatchFailedError` (the pipeline drops the question as ``batch_failed``).
+   :class:`BatchFailedError` (the pipeline drops the question as ``batch_failed``; a re-run
+   tries it again, as a sync re-run retries a failed call).
 4. ``failed`` batches (a validation error) are logged with the provider's errors and count as a
    try for their rows; one refused for the model's enqueued-token limit
    (``token_limit_exceeded``) is submitted again after a poll interval and is not counted.
@@ -114,9 +115,11 @@ class Batcher:
         self._round: asyncio.Task | None = None
         self._flush_scheduled = False
         self._clients: dict[tuple[str, str], Any] = {}
-        # Tries per request key so far, across processes: every finished batch that left the
-        # key unanswered (refusals for the token limit are not tries).
+        # Batches that left each request key unanswered (refusals for the token limit are not
+        # tries): across processes, to count resubmitted rows; in this process, to give up
+        # after batch_max_tries (a re-run tries a dropped row again, as sync mode does).
         self._tries: Counter[str] = Counter()
+        self._tries_here: Counter[str] = Counter()
         for intent in store.batch_intents():
             if intent["status"] == "done":
                 self._tries.update(intent["unanswered"])
@@ -191,10 +194,11 @@ class Batcher:
                     continue
                 if counted:
                     self._tries[key] += 1
-                if self._tries[key] >= ep.cfg.batch_max_tries:
+                    self._tries_here[key] += 1
+                if self._tries_here[key] >= ep.cfg.batch_max_tries:
                     err = BatchFailedError(f"endpoint {ep.cfg.label!r} (model {ep.cfg.model}): "
                                            f"no usable row for request {key[:12]} in "
-                                           f"{self._tries[key]} batch(es)")
+                                           f"{self._tries_here[key]} batch(es)")
                     for item in by_key.pop(key):
                         if not item.future.done():
                             item.future.set_exception(err)

@@ -67,6 +67,7 @@ class _Batch:
     cancel_at: float | None = None
     done_rows: int = 0
     failed_rows: int = 0
+    ended: float | None = None             # monotonic time it reached its final status
     times: dict = field(default_factory=dict)
 
 
@@ -262,6 +263,7 @@ class BatchServer(FaultServer):
     @staticmethod
     def _end(b: _Batch, status: str) -> None:
         b.status = status
+        b.ended = time.monotonic()
         b.times[f"{status}_at"] = int(time.time())
 
     def _cancel(self, b: _Batch) -> dict:
