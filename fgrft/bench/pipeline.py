@@ -218,15 +218,19 @@ def _util_server(latency_s: float, responder):
     class UtilServer(SpanServer):
         """Also integrates the number of requests in flight over time (lane utilisation)."""
 
-        busy_s = 0.0
-        _inside = 0
-        _mark: float | None = None
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.busy_s = 0.0
+            self._inside = 0
+            self._mark: float | None = None
+            self.timeline: list[tuple[float, int]] = []   # (time, requests in flight from then on)
 
         def _tick(self, delta: int) -> None:
             now = time.monotonic()
             if self._mark is not None:
                 self.busy_s += self._inside * (now - self._mark)
             self._mark, self._inside = now, self._inside + delta
+            self.timeline.append((now, self._inside))
 
         async def _chat(self, headers, raw, reader, writer):
             self._tick(+1)
@@ -236,7 +240,7 @@ def _util_server(latency_s: float, responder):
                 self._tick(-1)
 
         def stats(self) -> dict:
-            return {**super().stats(), "busy_s": self.busy_s}
+            return {**super().stats(), "busy_s": self.busy_s, "timeline": self.timeline}
 
     return UtilServer(latency_s=latency_s, responder=responder, models=(MODEL, FALLBACK_MODEL))
 
@@ -273,6 +277,11 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
                    revised=summary["revised"], fallbacks=summary["fallbacks"],
                    generate_wall_s=summary["wall_s"],
                    utilisation=stats["busy_s"] / (concurrency * stats["span_s"]))
+        # Where the idle slots are: before the drain (the last longest-chain x latency
+        # seconds, when unfinished chains are too few to fill the lanes) or during it.
+        drain_s = out["longest_chain"] * latency_s
+        out["utilisation_before_drain"], out["utilisation_drain"] = _split_utilisation(
+            stats["timeline"], drain_s, concurrency)
 
         started = time.perf_counter()
         r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
@@ -287,6 +296,22 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
     out["span_over_ideal"] = out["span_s"] / out["ideal_s"]
     out["target_met"] = out["span_over_ideal"] <= 1.1 and out["utilisation"] >= 0.9
     return out
+
+
+def _split_utilisation(timeline: list, tail_s: float, concurrency: int) -> tuple[float, float]:
+    if len(timeline) < 2:
+        return 0.0, 0.0
+    start, end = timeline[0][0], timeline[-1][0]
+    cut = max(start, end - tail_s)
+    area = [0.0, 0.0]
+    for (t0, n), (t1, _) in zip(timeline, timeline[1:]):
+        for i, (lo, hi) in enumerate(((start, cut), (cut, end))):
+            overlap = min(t1, hi) - max(t0, lo)
+            if overlap > 0:
+                area[i] += n * overlap
+    before = area[0] / (concurrency * (cut - start)) if cut > start else 0.0
+    drain = area[1] / (concurrency * (end - cut)) if end > cut else 0.0
+    return before, drain
 
 
 def run_batch(questions: int, mix: str, delay_s: float, poll_s: float) -> dict:
@@ -365,6 +390,8 @@ def report(r: dict) -> str:
         f"{r['command_wall_s']:.2f} s command wall)",
         f"  ratio      {r['span_over_ideal']:.3f}; lane utilisation {r['utilisation']:.1%} "
         f"(target <= 1.1 and >= 90%: {'met' if r['target_met'] else 'NOT met'})",
+        f"  idle where {r['utilisation_before_drain']:.1%} busy before the drain, "
+        f"{r['utilisation_drain']:.1%} in it (the last longest-chain x latency seconds)",
         f"  re-run     {r['cached_rerun_wall_s']:.2f} s command wall, {r['cached_server_calls']} "
         f"server calls, {r['cached_hits']:,} cache hits, kept {r['cached_kept']}",
     ])

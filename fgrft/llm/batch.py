@@ -333,11 +333,15 @@ class Batcher:
         self.stats.rows_resubmitted += sum(self._tries[k] > 0 for k in intent["request_keys"])
         return batch
 
-    async def _find(self, ep: "Endpoint", round_key: str) -> Any | None:
-        """The provider's batch carrying ``round_key`` in its metadata, if it was created."""
+    async def _find(self, ep: "Endpoint", round_key: str, since: float = 0.0) -> Any | None:
+        """The provider's batch carrying ``round_key`` in its metadata, if it was created.
+        The list is newest first; paging stops at batches older than the intent (``since``,
+        unix seconds, less a minute for clock skew)."""
         async for batch in self._client(ep).batches.list(limit=100):
             if (batch.metadata or {}).get(ROUND_TAG) == round_key:
                 return batch
+            if since and batch.created_at < since - 60:
+                break
         return None
 
     async def _follow(self, ep: "Endpoint", intent: dict, *, reattach: bool):
@@ -346,7 +350,8 @@ class Batcher:
         round_key = intent["round_key"]
         batch_id = intent.get("batch_id")
         if batch_id is None:
-            found = await self._find(ep, round_key) if reattach else None
+            found = (await self._find(ep, round_key, intent.get("created_at") or 0.0)
+                     if reattach else None)
             if found is not None:
                 log.info("batch %s of round %s was created before the last run stopped: "
                          "following it", found.id, round_key)

@@ -197,8 +197,8 @@ def _execute(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet, selection
     stopped = None
     if fatal is not None:
         stopped = f"fatal API error: {fatal}"
-    elif ledger.budget is not None and ledger.budget.exhausted and any(
-            o.reason == "budget" for o in outcomes):
+    elif ledger.budget is not None and any(o.reason == "budget" for o in outcomes):
+        # Spent, or (mode=batch) too little left to set a batch's estimated cost aside.
         stopped = "budget"
         log.warning("budget_usd=%g spent: unfinished questions dropped as 'budget'; re-run with a "
                     "larger budget_usd to continue (finished calls are cached)", cfg.budget_usd)
