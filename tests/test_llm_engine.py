@@ -634,6 +634,18 @@ def test_limiter_serves_waiters_by_priority_then_arrival_and_skips_cancelled_one
         assert (limiter.in_flight, limiter.waiting, limiter.room) == (0, 0, 1)
         assert len(freed) == 5
 
+        # The drain order: lowest first, applied to calls already queued too.
+        await limiter.acquire()
+        order.clear()
+        tasks = [asyncio.create_task(wait(name, p)) for name, p in (("a", 5), ("b", 1), ("c", 3))]
+        await asyncio.sleep(0)
+        limiter.set_order(lowest_first=True)
+        for _ in range(3):
+            limiter.release()
+            await asyncio.sleep(0)
+        assert order == ["b", "c", "a"]
+        await asyncio.gather(*tasks)
+
     asyncio.run(go())
 
 

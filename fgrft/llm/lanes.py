@@ -105,7 +105,8 @@ class Limiter:
         self.in_flight = 0
         self.peak = 0
         self.listeners: list = []
-        self._waiters: list[tuple[float, int, asyncio.Future]] = []   # heap
+        self.lowest_first = False   # serve the lowest priority first instead (see set_order)
+        self._waiters: list[tuple[float, int, float, asyncio.Future]] = []   # heap
         self._waiting = 0
         self._seq = itertools.count()
 
@@ -123,9 +124,19 @@ class Limiter:
         self.limit = max(self.limit, int(limit))
         self._wake()
 
+    def set_order(self, *, lowest_first: bool) -> None:
+        """Serve waiters lowest priority first (or back to highest first), queued ones too."""
+        if lowest_first != self.lowest_first:
+            self.lowest_first = lowest_first
+            self._waiters = [(self._key(p), seq, p, fut) for _, seq, p, fut in self._waiters]
+            heapq.heapify(self._waiters)
+
+    def _key(self, priority: float) -> float:
+        return priority if self.lowest_first else -priority
+
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.limit:
-            _, _, fut = heapq.heappop(self._waiters)
+            _, _, _, fut = heapq.heappop(self._waiters)
             if fut.done():  # cancelled while queued; already uncounted
                 continue
             self._waiting -= 1
@@ -141,7 +152,7 @@ class Limiter:
             self._take()
             return
         fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (-priority, next(self._seq), fut))
+        heapq.heappush(self._waiters, (self._key(priority), next(self._seq), priority, fut))
         self._waiting += 1
         try:
             await fut

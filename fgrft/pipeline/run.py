@@ -101,11 +101,14 @@ class Pipeline:
         self.fallback = fallback
         self.fatal: FatalAPIError | None = None  # the first fatal API error seen, if any
 
+    def _all_endpoints(self) -> list[Endpoint]:
+        return list(self.endpoints.values()) + ([self.fallback.endpoint] if self.fallback else [])
+
     @property
     def batcher(self):
         """The engine's batch path when any endpoint (fallback included) is in batch mode."""
-        eps = list(self.endpoints.values()) + ([self.fallback.endpoint] if self.fallback else [])
-        return next((ep.engine.batcher for ep in eps if ep.cfg.mode == "batch"), None)
+        return next((ep.engine.batcher for ep in self._all_endpoints() if ep.cfg.mode == "batch"),
+                    None)
 
     # -- one call -----------------------------------------------------------------------
     def _sampling(self, step: str, role: str, q: Question, label: str, tries: int,
@@ -239,7 +242,12 @@ class Pipeline:
         goes at once to the next ready call of any question, and new questions fill the gaps
         while older chains are between steps. Queued calls are served further-along chains
         first (see :meth:`call`), so questions finish steadily and a stopped run keeps them.
-        At most ``window`` questions are in flight (a memory bound, not a pacing one)."""
+        At most ``window`` questions are in flight (a memory bound, not a pacing one).
+
+        The drain: once no more than a lane's worth of questions is left to start, they all
+        start at once and every lane serves the chains with the least done first, so the
+        young chains catch up and the last questions finish together while the lanes are
+        still full, instead of the last-started ones running their steps alone."""
         questions = list(questions)
         outcomes: list[Outcome | None] = [None] * len(questions)
         limiter = self.endpoints[STEPS["p1"].role].lane.limiter
@@ -270,10 +278,16 @@ class Pipeline:
             return live >= max(1, window) or limiter.room <= 0
 
         tasks: list[asyncio.Task] = []
+        limiters = {id(ep.lane.limiter): ep.lane.limiter for ep in self._all_endpoints()}
+        draining = False
         limiter.listeners.append(wake.set)
         try:
             for i, q in enumerate(questions):
-                while blocked():
+                if not draining and batcher is None and len(questions) - i <= limiter.limit:
+                    draining = True
+                    for lim in limiters.values():
+                        lim.set_order(lowest_first=True)
+                while blocked() and not draining:
                     wake.clear()
                     await wake.wait()
                 live += 1
@@ -285,6 +299,8 @@ class Pipeline:
             await asyncio.gather(*tasks)
         finally:
             limiter.listeners.remove(wake.set)
+            for lim in limiters.values():
+                lim.set_order(lowest_first=False)
             for task in tasks:
                 task.cancel()
         return outcomes  # type: ignore[return-value]
