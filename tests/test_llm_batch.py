@@ -241,3 +241,16 @@ def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tm
     (dropped,) = [o for o in outcomes if not o.kept]
     assert (dropped.reason, dropped.step) == ("batch_failed", "p2")
     assert stats.rounds == 6 and stats.rows_submitted == 3 + 3 + 2 * 4
+
+
+def test_transient_api_failures_are_retried_and_a_create_whose_answer_was_lost_is_not_repeated(
+        batch_server, tmp_path):
+    def quick_retries(engine):
+        engine.batcher.api_retry_base_s = 0.01
+    batch_server.fault("files.create", 503)
+    batch_server.fault("batches.create", 500, after=True)   # created, but the answer is lost
+    batch_server.fault("batches.retrieve", 502)
+    results, stats = ask(batch_server, tmp_path, 3, before=quick_retries)
+    assert all(r.outcome == "ok" for r in results)
+    assert batch_server.creates == 1 and sorted(batch_server.rows.values()) == [1, 1, 1]
+    assert len(batch_server.files) == 2   # the upload that went through and the output file

@@ -52,6 +52,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import openai
+
 from fgrft.llm.accounting import BudgetExhaustedError
 from fgrft.llm.errors import ConfigError, LLMError
 
@@ -69,6 +71,9 @@ ROUND_TAG = "fgrft_round"               # the metadata key holding the round key
 URL = "/v1/chat/completions"
 DONE = frozenset({"completed", "expired", "cancelled"})
 TOKEN_LIMIT_CODES = frozenset({"token_limit_exceeded"})
+API_TRIES = 6                           # per Files/Batches API call, on transient failures
+TRANSIENT = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+             openai.InternalServerError)
 
 
 class BatchFailedError(LLMError):
@@ -111,6 +116,7 @@ class Batcher:
         self.stats = BatchStats()
         self.max_requests_per_file = MAX_REQUESTS_PER_FILE
         self.max_file_bytes = MAX_FILE_BYTES
+        self.api_retry_base_s = 1.0
         self._waiting: list[_Item] = []
         self._round: asyncio.Task | None = None
         self._flush_scheduled = False
@@ -304,8 +310,8 @@ class Batcher:
                                for i in chunk).encode()
                 digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
                 round_key = f"{digest}-{uuid.uuid4().hex[:8]}"
-                file = await client.files.create(file=(f"fgrft-{round_key}.jsonl", data),
-                                                 purpose="batch")
+                file = await self._api(lambda: client.files.create(
+                    file=(f"fgrft-{round_key}.jsonl", data), purpose="batch"), "files.create")
                 self.store.add_batch_intent(round_key, ep.cfg.base_url, ep.cfg.model, file.id, keys)
                 intent = {"round_key": round_key, "input_file_id": file.id, "request_keys": keys,
                           "batch_id": None}
@@ -323,9 +329,18 @@ class Batcher:
                 budget.release(reserved)
 
     async def _create(self, ep: "Endpoint", intent: dict) -> Any:
-        batch = await self._client(ep).batches.create(
-            input_file_id=intent["input_file_id"], endpoint=URL, completion_window="24h",
-            metadata={ROUND_TAG: intent["round_key"]})
+        async def create() -> Any:
+            try:
+                return await self._client(ep).batches.create(
+                    input_file_id=intent["input_file_id"], endpoint=URL, completion_window="24h",
+                    metadata={ROUND_TAG: intent["round_key"]})
+            except TRANSIENT:
+                # The provider may have created it before the connection failed: look first.
+                found = await self._find(ep, intent["round_key"], time.time())
+                if found is not None:
+                    return found
+                raise
+        batch = await self._api(create, "batches.create")
         self.store.update_batch_intent(intent["round_key"], batch_id=batch.id, status="submitted",
                                        provider_status=batch.status)
         self.stats.batches += 1
@@ -395,13 +410,13 @@ class Batcher:
         delay = ep.cfg.batch_poll_s
         cancel_started: float | None = None
         while True:
-            batch = await client.batches.retrieve(batch_id)
+            batch = await self._api(lambda: client.batches.retrieve(batch_id), "batches.retrieve")
             if batch.status in DONE or batch.status == "failed":
                 return batch
             if cancel_started is None and self._budget_spent():
                 log.warning("budget_usd is spent: cancelling batch %s (finished rows are kept)",
                             batch_id)
-                batch = await client.batches.cancel(batch_id)
+                batch = await self._api(lambda: client.batches.cancel(batch_id), "batches.cancel")
                 self.stats.cancelled += 1
                 cancel_started = time.monotonic()
             if batch.status == "cancelling" and cancel_started is None:
@@ -428,7 +443,8 @@ class Batcher:
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            content = await self._client(ep).files.content(file_id)
+            content = await self._api(lambda: self._client(ep).files.content(file_id),
+                                      "files.content")
             for line in content.text.splitlines():
                 if not line.strip():
                     continue
@@ -449,6 +465,19 @@ class Batcher:
                                                mode="batch")
                 answers[key] = answer
         return answers, billed
+
+    async def _api(self, call, what: str) -> Any:
+        """``call()`` with a few retries on transient failures (connection, timeout, 429, 5xx):
+        a flaky network must not lose a round that may take hours."""
+        for attempt in range(API_TRIES):
+            try:
+                return await call()
+            except TRANSIENT as exc:
+                if attempt == API_TRIES - 1:
+                    raise
+                delay = min(60.0, self.api_retry_base_s * 2.0 ** attempt)
+                log.warning("%s failed (%s); trying again in %.0fs", what, exc, delay)
+                await self.engine.clock.sleep(delay)
 
     def _client(self, ep: "Endpoint") -> Any:
         from fgrft.llm.engine import sdk_client

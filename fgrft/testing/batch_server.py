@@ -85,7 +85,26 @@ class BatchServer(FaultServer):
         self.polls = 0
         self.on_create: Callable[[dict], None] | None = None
         self._scripts: collections.deque[BatchScript] = collections.deque()
+        self._faults: collections.deque[tuple[str, int, bool]] = collections.deque()
         self._seq = 0
+
+    def fault(self, route: str, status: int = 500, *, after: bool = False) -> None:
+        """The next request to ``route`` (``files.create``, ``batches.create``,
+        ``batches.retrieve``) answers ``status``; with ``after`` it is carried out first (a
+        batch created whose answer is lost on the way)."""
+        with self._lock:
+            self._faults.append((route, status, after))
+
+    def _take_fault(self, route: str) -> tuple[int, bool] | None:
+        with self._lock:
+            if self._faults and self._faults[0][0] == route:
+                _, status, after = self._faults.popleft()
+                return status, after
+        return None
+
+    async def _fail(self, writer, status: int) -> bool:
+        return await self._send_json(writer, status, {"error": {"message": "injected fault",
+                                                                 "type": "server_error"}})
 
     def stats(self) -> dict:
         out = super().stats()
@@ -107,9 +126,18 @@ class BatchServer(FaultServer):
     # -- routes -------------------------------------------------------------------------
     async def _dispatch(self, method, path, headers, raw, reader, writer):
         parts = path.strip("/").split("/")
+        route = {("POST", 2, "files"): "files.create", ("POST", 2, "batches"): "batches.create",
+                 ("GET", 3, "batches"): "batches.retrieve"}.get((method, len(parts), parts[1] if
+                                                                  len(parts) > 1 else ""))
+        fault = self._take_fault(route) if route else None
+        if fault is not None and not fault[1]:
+            return await self._fail(writer, fault[0])
         if parts[:2] == ["v1", "files"]:
             if method == "POST" and len(parts) == 2:
-                return await self._send_json(writer, 200, self._upload(headers, raw))
+                answer = self._upload(headers, raw)
+                if fault is not None:
+                    return await self._fail(writer, fault[0])
+                return await self._send_json(writer, 200, answer)
             if method == "GET" and len(parts) == 4 and parts[3] == "content":
                 f = self.files.get(parts[2])
                 if f is None:
@@ -118,6 +146,8 @@ class BatchServer(FaultServer):
         if parts[:2] == ["v1", "batches"]:
             if method == "POST" and len(parts) == 2:
                 status, body = self._create(json.loads(raw or b"{}"))
+                if fault is not None:
+                    return await self._fail(writer, fault[0])
                 return await self._send_json(writer, status, body)
             if method == "GET" and len(parts) == 2:
                 return await self._send_json(writer, 200, self._list(headers.get("x-fgrft-query", "")))
