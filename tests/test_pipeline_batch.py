@@ -129,3 +129,43 @@ def test_kill_between_create_and_its_record_then_both_modes_on_one_cache(tmp_pat
                                        verifier="batch"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert (batch_server.creates, batch_server.total) == (creates, total)
+
+
+def test_the_embedded_batch_runner_starts_with_the_servers_engine_settings(tmp_path):
+    from fgrft.pipeline.local_batch import runner_command
+    from fgrft.pipeline.server import server_command
+
+    runner = runner_command(tmp_path, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+    server = server_command(tmp_path, 8123)
+    assert runner[1:3] == ["-m", "vllm.entrypoints.openai.run_batch"]
+    assert runner[runner.index("-i") + 1].endswith("in.jsonl")
+    # Everything the server is started with, but where it listens and how it logs.
+    own = {"--host", "127.0.0.1", "--port", "8123", "--uvicorn-log-level", "warning",
+           "--disable-uvicorn-access-log", "vllm.entrypoints.openai.api_server"}
+    assert [a for a in server[1:] if a not in own] == \
+        [a for a in runner[1:] if a not in ("-i", "-o", runner[runner.index("-i") + 1],
+                                            runner[runner.index("-o") + 1],
+                                            "vllm.entrypoints.openai.run_batch")]
+
+
+@pytest.mark.slow
+def test_embedded_batch_mode_end_to_end_on_the_smol_model(tmp_path, smol_path):
+    models = tmp_path / ".cache" / "fgrft" / "models"
+    models.mkdir(parents=True)
+    (models / "smol").symlink_to(smol_path, target_is_directory=True)
+    # Short caps keep this short (P1 cannot fit 64 tokens: one round, then parse failures).
+    args = ["source.limit=2", "generator.max_output_tokens=64", "verifier.max_output_tokens=64",
+            "generator.mode=batch", "verifier.mode=batch", "generator.batch_poll_s=2",
+            "verifier.batch_poll_s=2"]
+    r = generate(tmp_path, *args, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = summary_of(tmp_path)
+    assert summary["questions"] == 2 and summary["kept"] + sum(summary["dropped"].values()) == 2
+    assert summary["batches"]["rounds"] >= 1 and summary["mode"]["batch"]["calls"] >= 2
+    assert summary["tokens"]["smol"]["completion"] > 0 and summary["cost_usd"] == 0
+    assert "embedded server ready" not in r.stdout   # no server: vllm run_batch only
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(smol_path) not in ps and str(models) not in ps
+    # The same command again answers from the cache: no batch at all.
+    r = generate(tmp_path, *args, timeout=900)
+    assert r.returncode == 0 and summary_of(tmp_path)["batches"]["batches"] == 0

@@ -479,6 +479,11 @@ class Batcher:
                 log.warning("%s failed (%s); trying again in %.0fs", what, exc, delay)
                 await self.engine.clock.sleep(delay)
 
+    def use_client(self, lane_key: tuple[str, str], client: Any) -> None:
+        """Serve a lane's Files and Batches calls with ``client`` (anything with the SDK's
+        ``files``/``batches`` methods used here, e.g. the embedded model's local runner)."""
+        self._clients[(lane_key[0].rstrip("/"), lane_key[1])] = client
+
     def _client(self, ep: "Endpoint") -> Any:
         from fgrft.llm.engine import sdk_client
 

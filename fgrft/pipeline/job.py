@@ -226,6 +226,8 @@ async def _run(questions, prompts, settings, backends, cache, traces, ledger):
         if backends.fallback is not None:
             fallback = Fallback(engine.endpoint(backends.fallback), backends.fallback_temperature,
                                 backends.after_failures)
+        for lane_key, client in backends.batch_clients.items():
+            engine.batcher.use_client(lane_key, client)
         pipeline = Pipeline(endpoints, prompts, settings, fallback)
         slots = sum(lane.concurrency for lane in engine.lanes.values())
         progress = Progress(len(questions), ledger)
