@@ -12,4 +12,9 @@ PY
   echo "== python -m fgrft.bench.$mod"
   $PY -m fgrft.bench.$mod || status=$?
 done
+# The Stage 1 pipeline's other variants: chains that end early, revise or fall back; batch mode.
+for args in "--mix realistic" "--mode batch --mix realistic"; do
+  echo "== python -m fgrft.bench.pipeline $args"
+  $PY -m fgrft.bench.pipeline $args || status=$?
+done
 exit $status

@@ -72,7 +72,7 @@ def test_ledger_tallies_tokens_per_model_and_cache_hits_cost_nothing(prices):
     assert ledger.record("gpt-4o", usage, cached=True) == 0.0
     ledger.record("served-llama", usage, cached=False, local=True)
     ledger.record("mystery", usage, cached=False)
-    assert set(ledger.summary()) == {"calls", "cache_hits", "tokens", "cost_usd"}  # the contract's
+    assert set(ledger.summary()) == {"calls", "cache_hits", "tokens", "cost_usd", "mode"}  # the contract's
     summary = ledger.summary(details=True)
     assert (summary["calls"], summary["cache_hits"]) == (3, 1)
     assert summary["tokens"]["gpt-4o"] == {"prompt": 1000, "cached": 0, "completion": 1000, "reasoning": 100}
@@ -80,6 +80,32 @@ def test_ledger_tallies_tokens_per_model_and_cache_hits_cost_nothing(prices):
     assert summary["cost_usd"] == pytest.approx(CALL_USD)
     assert summary["unpriced_models"] == ["mystery"]
     assert summary["prices"] == {"version": prices.version, "as_of": prices.as_of}
+
+
+def test_batch_prices_the_ledger_mode_and_budget_reservations(prices):
+    usage = Usage(prompt=1000, cached=0, completion=1000)
+    # Batch rows bill at the Batch API price (half of gpt-4o's rates); a model without a batch
+    # price is charged its standard price in batch mode, never less.
+    assert prices.cost("gpt-4o", usage, mode="batch") == pytest.approx(CALL_USD / 2)
+    table = PriceTable.from_mapping({"version": 1, "as_of": "2025-01-01", "models": {
+        "plain": {"prompt": 2.5, "cached_prompt": 1.25, "completion": 10}}})
+    assert table.cost("plain", usage, mode="batch") == table.cost("plain", usage) == CALL_USD
+    with pytest.raises(ConfigError, match="'gpt' batch needs numeric"):
+        PriceTable.from_mapping({"version": 1, "as_of": "2025-01-01", "models": {
+            "gpt": {"prompt": 1, "cached_prompt": 1, "completion": 1, "batch": {"prompt": 1}}}})
+
+    ledger = Ledger(prices, Budget(0.05))
+    ledger.record("gpt-4o", usage, cached=False)
+    ledger.record("gpt-4o", usage, cached=False, mode="batch")
+    assert ledger.summary()["mode"] == {"sync": {"calls": 1, "cost_usd": CALL_USD},
+                                        "batch": {"calls": 1, "cost_usd": CALL_USD / 2}}
+    with pytest.raises(ValueError, match="mode"):
+        ledger.record("gpt-4o", usage, cached=False, mode="bulk")
+    budget = ledger.budget
+    assert budget.reserve(0.03) and budget.reserved_usd == pytest.approx(0.03)
+    assert not budget.reserve(0.01) and budget.reserved_usd == pytest.approx(0.03)  # 0.01875 + 0.03 + 0.01 > 0.05
+    budget.release(0.03)
+    assert budget.reserve(0.01) and not budget.exhausted
 
 
 def test_budget_validation_and_exhaustion():

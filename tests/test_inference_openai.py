@@ -188,3 +188,27 @@ def test_dry_run_estimates_offline_and_leaves_out_cached_answers(server, tmp_pat
     plan = estimate_openai(local, requests, SAMPLING, cache_dir=tmp_path)
     assert plan.already_cached == 3 and plan.total.calls == 2 and plan.total.cost_usd == 0
     assert server.total == 3
+
+
+def test_inference_mode_batch_sends_every_item_in_one_round_and_shares_the_cache_with_sync(tmp_path):
+    from fgrft.testing.batch_server import BatchScript, BatchServer
+
+    with BatchServer(responder=answer_with_prompt, models=("served-model",)) as batch_server:
+        batch_server.script(BatchScript(expire_after=4))
+        requests = make_requests(10)
+        cfg = inference_cfg(batch_server, mode="batch", batch_poll_s=0.02)
+        sink = CompletionSink(tmp_path / "run" / "completions.partial.jsonl")
+        sink.path.parent.mkdir()
+        ledger = Ledger(load_prices())
+        generate_openai(cfg, requests, SAMPLING, sink, tmp_path / "cache", ledger=ledger)
+        done = sink.done()
+        assert set(done) == {r.key for r in requests} and batch_server.total == 0
+        assert done["item3:0"].text == "The answer to 'Question 3?' is B."
+        # One round: a batch of 10 that expired after 4 rows, then the 6 missing rows alone.
+        assert [len(b.lines) for b in batch_server.batches.values()] == [10, 6]
+        assert ledger.summary()["mode"]["batch"]["calls"] == 10
+
+        sink = CompletionSink(tmp_path / "run2" / "completions.partial.jsonl")
+        sink.path.parent.mkdir()
+        generate_openai(inference_cfg(batch_server), requests, SAMPLING, sink, tmp_path / "cache")
+        assert len(sink.done()) == 10 and batch_server.total == 0 and batch_server.creates == 2

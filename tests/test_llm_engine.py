@@ -607,6 +607,48 @@ def test_limiter_bounds_and_grows():
     asyncio.run(go())
 
 
+def test_limiter_serves_waiters_by_priority_then_arrival_and_skips_cancelled_ones():
+    async def go():
+        limiter = Limiter(1)
+        freed = []
+        limiter.listeners.append(lambda: freed.append(limiter.in_flight))
+        await limiter.acquire()
+        order = []
+
+        async def wait(name, priority):
+            await limiter.acquire(priority)
+            order.append(name)
+
+        tasks = {name: asyncio.create_task(wait(name, p))
+                 for name, p in (("new-a", 0), ("far", 4), ("new-b", 0), ("gone", 9), ("mid", 2))}
+        await asyncio.sleep(0)
+        assert (limiter.waiting, limiter.room) == (5, -5)
+        tasks["gone"].cancel()
+        await asyncio.sleep(0)
+        assert limiter.waiting == 4
+        for _ in range(4):
+            limiter.release()
+            await asyncio.sleep(0)
+        limiter.release()
+        assert order == ["far", "mid", "new-a", "new-b"]
+        assert (limiter.in_flight, limiter.waiting, limiter.room) == (0, 0, 1)
+        assert len(freed) == 5
+
+        # The drain order: lowest first, applied to calls already queued too.
+        await limiter.acquire()
+        order.clear()
+        tasks = [asyncio.create_task(wait(name, p)) for name, p in (("a", 5), ("b", 1), ("c", 3))]
+        await asyncio.sleep(0)
+        limiter.set_order(lowest_first=True)
+        for _ in range(3):
+            limiter.release()
+            await asyncio.sleep(0)
+        assert order == ["b", "c", "a"]
+        await asyncio.gather(*tasks)
+
+    asyncio.run(go())
+
+
 def test_estimate_tokens_counts_prompt_schema_and_output_cap():
     messages = [{"role": "user", "content": "x" * 400}]
     assert estimate_tokens(messages, 100) == 100 + 4 + 3 + 100

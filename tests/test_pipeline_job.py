@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fgrft.bench.pipeline import StepResponder
 from fgrft.data import bundled_path
 from fgrft.testing.fault_server import bad_body, drop, rate_limit, server_error, truncated
@@ -191,5 +193,9 @@ def test_dry_run_of_the_preset_estimates_offline_from_the_bundled_sample(tmp_pat
     assert set(estimate["per_model"]) == {"gpt-4o", "gpt-5"}
     assert estimate["per_step"]["p1"]["calls"] == 5000 and estimate["per_model"]["gpt-5"]["calls"] == 10000
     assert estimate["total"]["cost_usd"] > 0 and estimate["estimated_from"] == "bundled sample"
+    # Sync and batch side by side: the Batch API is half of every rate of both models.
+    assert "sync vs batch" in r.stdout and "7 rounds; worst case 7 x 24 h = 168 h" in r.stdout
+    assert estimate["batch"]["total"]["cost_usd"] == pytest.approx(estimate["total"]["cost_usd"] / 2)
+    assert estimate["batch"]["worst_case_wall_h"] == 168
     assert not list((tmp_path / "outputs").rglob("records.jsonl"))
     assert not (tmp_path / ".cache" / "fgrft" / "models").exists()  # nothing built or started

@@ -15,7 +15,7 @@ QUESTIONS = load_source({"name": "sample"}).questions
 
 
 def run(server, questions=QUESTIONS[:1], *, max_revisions=1, regate=False, fallback=None,
-        concurrency=8, window=8, retries=2, prompts=PROMPTS):
+        concurrency=8, window=8, retries=2, prompts=PROMPTS, shared_lane=False):
     async def go():
         policy = RetryPolicy(max_retries=retries, base_delay_s=0.01, max_delay_s=0.02)
         async with Engine(ledger=Ledger(), retry=policy) as engine:
@@ -25,7 +25,9 @@ def run(server, questions=QUESTIONS[:1], *, max_revisions=1, regate=False, fallb
             fb = None
             if fallback is not None:
                 fb = Fallback(ep("fb-model", "verifier_fallback"), 0.3, fallback)
-            pipeline = Pipeline({"generator": ep("gen-model", "generator"), "verifier": ep("ver-model", "verifier")},
+            roles = {"generator": ep("gen-model", "generator"),
+                     "verifier": ep("gen-model" if shared_lane else "ver-model", "verifier")}
+            pipeline = Pipeline(roles,
                                 prompts, RunSettings(max_tokens={"generator": 1024, "verifier": 1024},
                                                      sampling={"p1": {"temperature": 0.7}, "p2": {"temperature": 0.3}},
                                                      max_revisions=max_revisions, regate=regate, run_id="run-1"),
@@ -228,3 +230,21 @@ def test_questions_run_concurrently_within_the_lane_limit(fault_server):
     assert fault_server.total == 6 * len(QUESTIONS)
     # two lanes (generator and verifier models) of 3: full, never above their limits
     assert 3 < fault_server.peak_in_flight <= 6
+
+
+def test_a_freed_slot_goes_to_the_chain_furthest_along_and_new_questions_fill_idle_slots(fault_server):
+    """One lane of 2 for both roles: admission keeps both slots busy, and whenever calls queue,
+    the further-along chain's call is sent first; every question still finishes."""
+    fault_server.latency_s = 0.03
+    fault_server.responder = StepResponder()
+    questions = QUESTIONS * 1
+    outcomes, pipeline = run(fault_server, questions, concurrency=2, window=50, shared_lane=True)
+    assert all(o.kept for o in outcomes)
+    assert fault_server.total == 6 * len(questions) and fault_server.peak_in_flight == 2
+    order = [(r.last_content, step_of(r)) for r in fault_server.requests]
+    # Questions start one at a time as slots free up (not all P1s first): the first P2 is sent
+    # before the third question's P1.
+    steps = [s for _, s in order]
+    assert steps.index("p2") < [i for i, s in enumerate(steps) if s == "p1"][2]
+    # Breadth-first would send every P1 before any P5; further-along-first finishes chains.
+    assert steps.index("p5") < len(steps) - len(questions)

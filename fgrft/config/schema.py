@@ -95,6 +95,10 @@ class InferenceConfig:
     rpm: Optional[int] = None
     tpm: Optional[int] = None
     timeout_s: float = 600.0
+    mode: str = "sync"  # sync | batch (provider Batch API)
+    batch_poll_s: float = 60.0
+    batch_max_tries: int = 3
+    max_enqueued_tokens: Optional[int] = None
 
 
 @dataclass
@@ -131,6 +135,10 @@ class EndpointConfig:
     # How a step's JSON schema is sent: json_schema (constrained decoding) | json_object (JSON
     # mode, as the thesis; the schema is checked on return).
     structured: str = "json_schema"
+    mode: str = "sync"  # sync | batch (provider Batch API)
+    batch_poll_s: float = 60.0
+    batch_max_tries: int = 3
+    max_enqueued_tokens: Optional[int] = None
     # step name -> sampling parameters (temperature, top_p, ...)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     fallback: Optional[FallbackConfig] = None
@@ -275,6 +283,9 @@ CHOICES = {
     "generator.structured": {"json_schema", "json_object"},
     "verifier.structured": {"json_schema", "json_object"},
     "contamination.mode": {"check", "skip"},
+    "generator.mode": {"sync", "batch"},
+    "inference.mode": {"sync", "batch"},
+    "verifier.mode": {"sync", "batch"},
     "trainer.distributed": {"ddp", "zero3"},
     "trainer.precision": {"fp32", "bf16"},
     "trainer.batching": {"packed", "grouped", "padded"},

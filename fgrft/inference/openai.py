@@ -39,7 +39,8 @@ from fgrft.llm.cache import default_path
 log = logging.getLogger(__name__)
 
 STEP = "evaluate"
-ENDPOINT_KEYS = ("kind", "base_url", "model", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s")
+ENDPOINT_KEYS = ("kind", "base_url", "model", "api_key_env", "concurrency", "rpm", "tpm", "timeout_s",
+                 "mode", "batch_poll_s", "batch_max_tries", "max_enqueued_tokens")
 FLUSH_EVERY_S = 0.5
 
 
@@ -127,6 +128,10 @@ async def _generate(cfg: EndpointConfig, requests: Sequence[GenerationRequest], 
     # No output retries: without a schema nothing is retried for its content.
     async with Engine(cache=cache, ledger=ledger, output_retries=0) as engine:
         endpoint = engine.endpoint(cfg)
+        # inference.mode=batch: every request not answered in the cache goes into one round.
+        batcher = engine.batcher
+        if batcher is not None:
+            batcher.set_workers(len(requests))
 
         async def one(request: GenerationRequest) -> None:
             try:
@@ -134,6 +139,9 @@ async def _generate(cfg: EndpointConfig, requests: Sequence[GenerationRequest], 
                                              allow_length=True, id=request.key, step=STEP)
             except OutputError as exc:  # empty, refused or filtered: still the model's answer
                 result = exc.result
+            finally:
+                if batcher is not None:
+                    batcher.set_workers(batcher.workers - 1)
             writer.add(Completion(key=request.key, text=result.text or "",
                                   finish_reason=result.finish_reason,
                                   output_tokens=result.usage.completion))
@@ -165,9 +173,11 @@ async def _generate(cfg: EndpointConfig, requests: Sequence[GenerationRequest], 
 
 
 def _is_transport_failure(exc: BaseException) -> bool:
-    from fgrft.llm import RetryExhaustedError, RunStoppedError
+    from fgrft.llm import BatchFailedError, RetryExhaustedError, RunStoppedError
 
-    return isinstance(exc, (RetryExhaustedError, RunStoppedError))
+    # A batch row that never got an answer is left missing like a transport failure: a
+    # re-run sends it again.
+    return isinstance(exc, (RetryExhaustedError, RunStoppedError, BatchFailedError))
 
 
 class _SinkWriter:

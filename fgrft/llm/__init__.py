@@ -6,6 +6,7 @@ crash-safe response cache and :mod:`fgrft.llm.accounting` for tokens, cost, budg
 """
 from fgrft.llm.accounting import (Budget, BudgetExhaustedError, Estimate, Ledger, PlannedCall,
                                   PriceTable, estimate, load_prices)
+from fgrft.llm.batch import BatchFailedError, Batcher
 from fgrft.llm.cache import SqliteResponseCache
 from fgrft.llm.config import EndpointConfig, Sampling
 from fgrft.llm.engine import (CallResult, Endpoint, Engine, ResponseCache, TraceEvent, Usage)
@@ -18,7 +19,7 @@ from fgrft.llm.structured import SchemaError, check_schema, validate
 
 __all__ = [
     "Budget", "BudgetExhaustedError", "Estimate", "Ledger", "PlannedCall", "PriceTable",
-    "SqliteResponseCache", "estimate", "load_prices",
+    "SqliteResponseCache", "estimate", "load_prices", "BatchFailedError", "Batcher",
     "CallResult", "Clock", "ConfigError", "Endpoint", "EndpointConfig", "EndpointError", "Engine",
     "FatalAPIError", "LLMError", "Lane", "OutputError", "Profile", "ResponseCache",
     "RetryExhaustedError", "RetryPolicy", "RunStoppedError", "Sampling", "SchemaError",

@@ -46,18 +46,26 @@ class BudgetExhaustedError(RunStoppedError):
 # ----------------------------------------------------------------------------- prices
 
 
+MODES = ("sync", "batch")   # how a call was sent: one request, or a row of a provider batch
+
+
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per 1M tokens."""
+    """USD per 1M tokens; ``batch`` is the provider's Batch API price (None: not offered or
+    not known, and a batch row is then charged at the synchronous price, never less)."""
 
     prompt: float
     cached_prompt: float
     completion: float
+    batch: "ModelPrice | None" = None
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
         uncached = max(prompt - cached, 0)
         return (uncached * self.prompt + min(cached, prompt) * self.cached_prompt
                 + completion * self.completion) / PER_TOKENS
+
+    def for_mode(self, mode: str) -> "ModelPrice":
+        return self.batch if mode == "batch" and self.batch is not None else self
 
 
 FREE = ModelPrice(0.0, 0.0, 0.0)
@@ -85,12 +93,13 @@ class PriceTable:
             return FREE
         return price
 
-    def cost(self, model: str, usage: Any, *, local: bool = False) -> float | None:
-        """USD for one response's usage (anything with the Usage fields); None if unpriced."""
+    def cost(self, model: str, usage: Any, *, local: bool = False, mode: str = "sync") -> float | None:
+        """USD for one response's usage (anything with the Usage fields) sent in ``mode``;
+        None if unpriced."""
         price = self.price_for(model, local=local)
         if price is None:
             return None
-        return price.cost(int(usage.prompt), int(usage.cached), int(usage.completion))
+        return price.for_mode(mode).cost(int(usage.prompt), int(usage.cached), int(usage.completion))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "price table") -> "PriceTable":
@@ -99,14 +108,20 @@ class PriceTable:
                 raise ConfigError(f"{source}: missing {key!r}")
         models = {}
         for name, entry in (data["models"] or {}).items():
-            try:
-                price = ModelPrice(float(entry["prompt"]), float(entry["cached_prompt"]),
-                                   float(entry["completion"]))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(f"{source}: model {name!r} needs numeric prompt, "
-                                  f"cached_prompt and completion prices ({exc})") from None
-            if min(price.prompt, price.cached_prompt, price.completion) < 0:
-                raise ConfigError(f"{source}: model {name!r} has a negative price")
+            def parse(e: Any, what: str) -> ModelPrice:
+                try:
+                    price = ModelPrice(float(e["prompt"]), float(e["cached_prompt"]),
+                                       float(e["completion"]))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ConfigError(f"{source}: {what} needs numeric prompt, "
+                                      f"cached_prompt and completion prices ({exc})") from None
+                if min(price.prompt, price.cached_prompt, price.completion) < 0:
+                    raise ConfigError(f"{source}: {what} has a negative price")
+                return price
+
+            price = parse(entry, f"model {name!r}")
+            if entry.get("batch") is not None:
+                price = dataclasses.replace(price, batch=parse(entry["batch"], f"model {name!r} batch"))
             models[str(name)] = price
         return cls(version=int(data["version"]), as_of=str(data["as_of"]), models=models)
 
@@ -147,6 +162,7 @@ class Budget:
             raise ConfigError(f"budget_usd must be a number >= 0, got {limit_usd!r}")
         self.limit_usd = float(limit_usd)
         self._spent = 0.0
+        self._reserved = 0.0
         self._lock = threading.Lock()
 
     @classmethod
@@ -171,6 +187,24 @@ class Budget:
         with self._lock:
             self._spent += usd
 
+    @property
+    def reserved_usd(self) -> float:
+        return self._reserved
+
+    def reserve(self, usd: float) -> bool:
+        """Set ``usd`` aside for work whose bill comes later (a submitted batch); False, and
+        nothing set aside, when spent + reserved + ``usd`` would pass the cap."""
+        with self._lock:
+            if self._spent + self._reserved + usd > self.limit_usd:
+                return False
+            self._reserved += usd
+            return True
+
+    def release(self, usd: float) -> None:
+        """Give back a reservation (its real bill is charged separately)."""
+        with self._lock:
+            self._reserved = max(0.0, self._reserved - usd)
+
     def check(self) -> None:
         """Raise :class:`BudgetExhaustedError` once the cap is reached."""
         if self.exhausted:
@@ -184,7 +218,9 @@ class Budget:
 
 @dataclass
 class ModelTally:
-    calls: int = 0          # attempts sent over the network
+    calls: int = 0          # attempts sent over the network (or answered as batch rows)
+    batch_calls: int = 0    # of which rows of a provider batch (mode=batch)
+    batch_cost_usd: float = 0.0
     cache_hits: int = 0
     prompt: int = 0
     cached: int = 0
@@ -223,21 +259,28 @@ class Ledger:
         if self.budget is not None:
             self.budget.check()
 
-    def record(self, model: str, usage: Any, *, cached: bool, local: bool = False) -> float:
-        """Account one attempt; returns what it cost (0 for a cache hit or an unpriced model)."""
+    def record(self, model: str, usage: Any, *, cached: bool, local: bool = False,
+               mode: str = "sync") -> float:
+        """Account one attempt sent in ``mode`` (``sync`` or ``batch``, priced accordingly);
+        returns what it cost (0 for a cache hit or an unpriced model)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         with self._lock:
             tally = self.models.setdefault(model, ModelTally())
             if cached:
                 tally.cache_hits += 1
                 return 0.0
             tally.calls += 1
+            tally.batch_calls += mode == "batch"
             for key in TOKEN_FIELDS:
                 setattr(tally, key, getattr(tally, key) + int(getattr(usage, key)))
-            cost = self.prices.cost(model, usage, local=local)
+            cost = self.prices.cost(model, usage, local=local, mode=mode)
             if cost is None:
                 tally.priced = False
                 return 0.0
             tally.cost_usd += cost
+            if mode == "batch":
+                tally.batch_cost_usd += cost
         if self.budget is not None:
             self.budget.charge(cost)
         return cost
@@ -259,10 +302,16 @@ class Ledger:
         {model: {prompt, cached, completion, reasoning}}, ``cost_usd``. ``details`` adds the
         price table's identity (``prices``: version, as_of), ``unpriced_models`` (if any) and
         ``budget_usd`` (if capped), which are not contract fields (yet)."""
+        batch_calls = sum(t.batch_calls for t in self.models.values())
+        batch_cost = sum(t.batch_cost_usd for t in self.models.values())
         out: dict[str, Any] = {
             "calls": self.calls, "cache_hits": self.cache_hits,
             "tokens": {m: t.tokens() for m, t in sorted(self.models.items())},
             "cost_usd": round(self.cost_usd, 6),
+            # Which mode paid for the calls: synchronous requests or provider batch rows.
+            "mode": {"sync": {"calls": self.calls - batch_calls,
+                              "cost_usd": round(self.cost_usd - batch_cost, 6)},
+                     "batch": {"calls": batch_calls, "cost_usd": round(batch_cost, 6)}},
         }
         if not details:
             return out
@@ -362,8 +411,10 @@ class Estimate:
         return "\n".join(lines)
 
 
-def estimate(planned: Iterable[PlannedCall], prices: PriceTable | None = None) -> Estimate:
-    """Per-model, per-step and total calls, tokens and USD of a plan (no cache assumed)."""
+def estimate(planned: Iterable[PlannedCall], prices: PriceTable | None = None, *,
+             mode: str | dict[str, str] = "sync") -> Estimate:
+    """Per-model, per-step and total calls, tokens and USD of a plan (no cache assumed), at
+    ``mode``'s prices (one mode, or a mode per model name)."""
     prices = prices if prices is not None else load_prices()
     out = Estimate(prices=(prices.version, prices.as_of))
     for call in planned:
@@ -374,7 +425,8 @@ def estimate(planned: Iterable[PlannedCall], prices: PriceTable | None = None) -
                 out.unpriced.append(call.model)
             cost = 0.0
         else:
-            cost = price.cost(prompt, 0, completion)
+            m = mode if isinstance(mode, str) else mode.get(call.model, "sync")
+            cost = price.for_mode(m).cost(prompt, 0, completion)
         for table, key in ((out.per_model, call.model), (out.per_step, call.step)):
             table.setdefault(key, EstimateRow()).add(call.count, prompt, completion, cost)
         out.total.add(call.count, prompt, completion, cost)

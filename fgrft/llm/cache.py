@@ -61,6 +61,20 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at        REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    round_key     TEXT PRIMARY KEY,   -- also in the provider batch's metadata
+    base_url      TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    request_keys  TEXT NOT NULL,      -- JSON list of the response keys the batch answers
+    batch_id      TEXT,               -- null until batches.create has answered
+    status        TEXT NOT NULL,      -- intent | submitted | done | refused
+    provider_status TEXT,
+    unanswered    TEXT,               -- JSON list, once done: rows without a usable answer
+    billed_usd    REAL,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL
+);
 """
 _INSERT = ("INSERT OR REPLACE INTO responses (key, response, model, prompt_tokens, cached_tokens,"
            " completion_tokens, reasoning_tokens, latency_s, created_at)"
@@ -222,6 +236,48 @@ class SqliteResponseCache:
         self.commits += 1
         for _, future in batch:
             _resolve(future)
+
+    # -- provider batch intents ---------------------------------------------------------
+    # Written through the read connection (WAL lets it write too) and committed before the
+    # call returns, so an intent is on disk before the batch it describes is created.
+    def add_batch_intent(self, round_key: str, base_url: str, model: str, input_file_id: str,
+                         request_keys: list[str]) -> None:
+        now = time.time()
+        self._write("INSERT INTO batches (round_key, base_url, model, input_file_id, request_keys,"
+                    " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'intent', ?, ?)",
+                    (round_key, base_url, model, input_file_id, json.dumps(request_keys), now, now))
+
+    def update_batch_intent(self, round_key: str, **fields) -> None:
+        allowed = {"batch_id", "status", "provider_status", "unanswered", "billed_usd"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"update_batch_intent: fields must be among {sorted(allowed)}")
+        if "unanswered" in fields:
+            fields["unanswered"] = json.dumps(fields["unanswered"])
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self._write(f"UPDATE batches SET {sets}, updated_at=? WHERE round_key=?",
+                    (*fields.values(), time.time(), round_key))
+
+    def batch_intents(self) -> list[dict]:
+        with self._read_lock:
+            cur = self._reader.execute("SELECT * FROM batches ORDER BY created_at")
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        for row in rows:
+            row["request_keys"] = json.loads(row["request_keys"])
+            row["unanswered"] = json.loads(row["unanswered"]) if row["unanswered"] else []
+        return rows
+
+    def _write(self, sql: str, params: tuple) -> None:
+        if self._closed:
+            raise CacheError(f"{self.path}: cache is closed")
+        with self._read_lock:
+            self._reader.execute("BEGIN IMMEDIATE")
+            try:
+                self._reader.execute(sql, params)
+                self._reader.execute("COMMIT")
+            except BaseException:
+                self._reader.execute("ROLLBACK")
+                raise
 
     # -- inspection and life cycle ------------------------------------------------------
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from fgrft.llm.errors import ConfigError
 
 KINDS = ("openai", "vllm")
+MODES = ("sync", "batch")
 STRUCTURED_MODES = ("json_schema", "json_object", "extra_body", "none")
 
 
@@ -49,6 +50,13 @@ class EndpointConfig:
     # *name*; set this to what identifies the weights behind it when one name can serve
     # different weights over time (a local `vllm serve` of successive checkpoints).
     cache_scope: str = ""
+    # How calls are sent: one request each (sync) or as rows of provider batches (batch, see
+    # batch.py), polled every batch_poll_s, each row tried in at most batch_max_tries batches;
+    # max_enqueued_tokens is the provider's per-model cap on tokens enqueued (null: none).
+    mode: str = "sync"
+    batch_poll_s: float = 60.0
+    batch_max_tries: int = 3
+    max_enqueued_tokens: int | None = None
 
     def __post_init__(self):
         where = f"endpoint {self.label!r}"
@@ -69,6 +77,14 @@ class EndpointConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"{where}: {key} must be >= 0 or null")
+        if self.mode not in MODES:
+            raise ConfigError(f"{where}: mode must be one of {MODES}, got {self.mode!r}")
+        if not self.batch_poll_s or self.batch_poll_s <= 0:
+            raise ConfigError(f"{where}: batch_poll_s must be > 0")
+        if int(self.batch_max_tries) < 1:
+            raise ConfigError(f"{where}: batch_max_tries must be >= 1")
+        if self.max_enqueued_tokens is not None and self.max_enqueued_tokens <= 0:
+            raise ConfigError(f"{where}: max_enqueued_tokens must be > 0 or null")
 
     @property
     def label(self) -> str:

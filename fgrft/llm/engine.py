@@ -53,7 +53,8 @@ import openai
 from fgrft.llm.config import EndpointConfig, Sampling
 from fgrft.llm.errors import (ConfigError, FatalAPIError, OutputError, RetryExhaustedError,
                               RunStoppedError, redact)
-from fgrft.llm.lanes import Clock, Lane, estimate_tokens
+from fgrft.llm.batch import BatchFailedError
+from fgrft.llm.lanes import DEFAULT_OUTPUT_ESTIMATE, Clock, Lane, estimate_tokens
 from fgrft.llm.profiles import Profile, build_request, profile_for, request_key
 from fgrft.llm.retry import RetryPolicy, call_with_retries
 from fgrft.llm.structured import check_schema, parse_json, validate
@@ -62,6 +63,7 @@ from fgrft.llm.transport import applies_to as transport_applies_to
 
 if TYPE_CHECKING:  # pragma: no cover
     from fgrft.llm.accounting import Ledger
+    from fgrft.llm.batch import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,7 @@ class Engine:
         self._keys: dict[tuple[str, str], str] = {}
         self._clients: dict[tuple[str, str], openai.AsyncOpenAI | LocalHTTPClient] = {}
         self._stopped: FatalAPIError | None = None
+        self._batcher: "Batcher | None" = None
 
     # -- registration -------------------------------------------------------------------
     def endpoint(self, cfg: EndpointConfig | Mapping[str, Any], *, name: str = "") -> Endpoint:
@@ -229,6 +232,10 @@ class Engine:
             # A budget cannot be enforced on a model without a price: refuse before any call.
             self.ledger.require_price(cfg.model, local=_is_local(cfg),
                                       where=f"endpoint {cfg.label!r}")
+        if cfg.mode == "batch" and self._batcher is None:
+            from fgrft.llm.batch import Batcher
+
+            self._batcher = Batcher(self)
         lane = self._lanes.get(key)
         if lane is None:
             lane = Lane(key, concurrency=cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm,
@@ -256,6 +263,11 @@ class Engine:
         return KEYLESS_PLACEHOLDER
 
     @property
+    def batcher(self) -> "Batcher | None":
+        """The provider-batch path, present once a ``mode=batch`` endpoint is registered."""
+        return self._batcher
+
+    @property
     def lanes(self) -> dict[tuple[str, str], Lane]:
         return dict(self._lanes)
 
@@ -271,6 +283,8 @@ class Engine:
         return client
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
@@ -290,12 +304,15 @@ class Engine:
                    schema: dict | None = None, schema_name: str = "response",
                    sampling: Sampling | Mapping[str, Any] | None = None,
                    id: str | None = None, step: str | None = None,
-                   allow_length: bool = False) -> CallResult:
+                   allow_length: bool = False, priority: float = 0,
+                   expected_output_tokens: int | None = None) -> CallResult:
         """One chat completion; returns an ``ok`` :class:`CallResult` or raises.
 
         ``id`` and ``step`` only label the trace events. ``allow_length`` (plain-text calls
         only) accepts an answer cut by the output cap, for callers to whom a rambling answer
-        is a result (evaluation), not a failure; check ``finish_reason``. Raises
+        is a result (evaluation), not a failure; check ``finish_reason``. ``priority``
+        orders calls waiting for the lane (highest first). ``expected_output_tokens`` (batch
+        endpoints) sizes the budget reservation; the output cap when not given. Raises
         :class:`OutputError` (unusable content), :class:`FatalAPIError` (and
         :class:`RunStoppedError` on later calls), :class:`RetryExhaustedError`,
         :class:`~fgrft.llm.accounting.BudgetExhaustedError` (a ``RunStoppedError``),
@@ -323,11 +340,16 @@ class Engine:
                 self._account(ep, Usage(), cached=True)
             else:
                 try:
-                    response, retries = await self._fetch(ep, request, tokens, key)
-                except (FatalAPIError, RetryExhaustedError) as exc:
+                    if ep.cfg.mode == "batch":
+                        response = await self._fetch_batched(ep, request, tokens, key, sampling,
+                                                             expected_output_tokens)
+                    else:
+                        response, retries = await self._fetch(ep, request, tokens, key, priority)
+                except (FatalAPIError, RetryExhaustedError, BatchFailedError) as exc:
                     if isinstance(exc, FatalAPIError) and self._stopped is None:
                         self._stopped = exc
-                    outcome = "fatal" if isinstance(exc, FatalAPIError) else "exhausted"
+                    outcome = ("fatal" if isinstance(exc, FatalAPIError) else
+                               "batch_failed" if isinstance(exc, BatchFailedError) else "exhausted")
                     self._account(ep, Usage(), cached=False)
                     self._emit(TraceEvent(id, step, attempt, key, False, ep.cfg.model,
                                           Usage(), 0.0, outcome))
@@ -350,7 +372,8 @@ class Engine:
             raise OutputError(message, result)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _fetch(self, ep: Endpoint, request: dict, tokens: int, key: str) -> tuple[dict, int]:
+    async def _fetch(self, ep: Endpoint, request: dict, tokens: int, key: str,
+                     priority: float = 0) -> tuple[dict, int]:
         """Send one attempt through the lane and the transport retry owner; charge and cache
         its answer before the lane slot is given back."""
         client = self._client(ep)
@@ -364,7 +387,7 @@ class Engine:
         options = {"timeout": timeout, "security": {"bearer_auth": True}}
 
         async def try_once() -> dict:
-            async with ep.lane.slot(tokens):
+            async with ep.lane.slot(tokens, priority):
                 # Calls queued behind a fatal error, or behind the budget running out, must
                 # not reach the server; checked here, the last moment before sending.
                 self._raise_if_stopped()
@@ -389,6 +412,24 @@ class Engine:
         return await call_with_retries(try_once, lane=ep.lane, policy=self.retry, rng=self._rng,
                                        clock=self.clock, where=where, secrets=self._secrets)
 
+    async def _fetch_batched(self, ep: Endpoint, request: dict, tokens: int, key: str,
+                             sampling: Sampling, expected_output_tokens: int | None) -> dict:
+        """One attempt as a row of a provider batch (:mod:`.batch`); cached and charged there."""
+        self._raise_if_stopped()
+        if self.ledger is not None:
+            self.ledger.check()
+        cap = sampling.max_tokens
+        output = expected_output_tokens if expected_output_tokens is not None else cap
+        if output is None:
+            output = DEFAULT_OUTPUT_ESTIMATE
+        prompt = max(0, tokens - (cap if cap is not None else DEFAULT_OUTPUT_ESTIMATE))
+        reserve = 0.0
+        if self.ledger is not None:
+            price = self.ledger.prices.price_for(ep.cfg.model, local=_is_local(ep.cfg))
+            if price is not None:
+                reserve = price.for_mode("batch").cost(prompt, 0, output)
+        return await self._batcher.fetch(ep, request, key, prompt + output, reserve)
+
     async def _cache_get(self, key: str) -> dict | None:
         if self.cache is None:
             return None
@@ -401,10 +442,12 @@ class Engine:
             if inspect.isawaitable(value):
                 await value
 
-    def _account(self, ep: Endpoint, usage: Usage, *, cached: bool) -> None:
-        if self.ledger is not None:
-            # Charged by the configured model name (servers answer with snapshot names).
-            self.ledger.record(ep.cfg.model, usage, cached=cached, local=_is_local(ep.cfg))
+    def _account(self, ep: Endpoint, usage: Usage, *, cached: bool, mode: str = "sync") -> float:
+        if self.ledger is None:
+            return 0.0
+        # Charged by the configured model name (servers answer with snapshot names).
+        return self.ledger.record(ep.cfg.model, usage, cached=cached, local=_is_local(ep.cfg),
+                                  mode=mode)
 
     def _emit(self, event: TraceEvent) -> None:
         if self.trace is not None:

@@ -11,8 +11,9 @@ clock and no waiting.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 from typing import AsyncIterator, Sequence
@@ -89,52 +90,84 @@ class TokenBucket:
 
 
 class Limiter:
-    """A counting bound on calls in flight whose limit can be raised while in use.
+    """A counting bound on calls in flight whose limit can be raised while in use, serving
+    waiters by priority (highest first; arrival order among equals).
 
     (``asyncio.Semaphore`` cannot grow; a lane's bound grows when a second role joins it.)
-    It also records the peak number in flight, which the tests and benchmarks check.
+    Priorities let the pipeline send the calls of chains further along first, so the run
+    finishes questions (and drains) instead of starting new ones while old ones wait.
+    It also records the peak number in flight, which the tests and benchmarks check, and calls
+    its ``listeners`` whenever a slot is given back (the pipeline admits new questions then).
     """
 
     def __init__(self, limit: int):
         self.limit = int(limit)
         self.in_flight = 0
         self.peak = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.listeners: list = []
+        self.lowest_first = False   # serve the lowest priority first instead (see set_order)
+        self._waiters: list[tuple[float, int, float, asyncio.Future]] = []   # heap
+        self._waiting = 0
+        self._seq = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued for a slot."""
+        return self._waiting
+
+    @property
+    def room(self) -> int:
+        """Slots that would be idle if no other call arrived: limit - in flight - queued."""
+        return self.limit - self.in_flight - self._waiting
 
     def raise_limit(self, limit: int) -> None:
         self.limit = max(self.limit, int(limit))
         self._wake()
 
+    def set_order(self, *, lowest_first: bool) -> None:
+        """Serve waiters lowest priority first (or back to highest first), queued ones too."""
+        if lowest_first != self.lowest_first:
+            self.lowest_first = lowest_first
+            self._waiters = [(self._key(p), seq, p, fut) for _, seq, p, fut in self._waiters]
+            heapq.heapify(self._waiters)
+
+    def _key(self, priority: float) -> float:
+        return priority if self.lowest_first else -priority
+
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.limit:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self._take()
-                fut.set_result(None)  # the slot is handed over already taken
+            _, _, _, fut = heapq.heappop(self._waiters)
+            if fut.done():  # cancelled while queued; already uncounted
+                continue
+            self._waiting -= 1
+            self._take()
+            fut.set_result(None)  # the slot is handed over already taken
 
     def _take(self) -> None:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
 
-    async def acquire(self) -> None:
-        if self.in_flight < self.limit and not self._waiters:
+    async def acquire(self, priority: float = 0) -> None:
+        if self.in_flight < self.limit and not self._waiting:
             self._take()
             return
         fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        heapq.heappush(self._waiters, (self._key(priority), next(self._seq), priority, fut))
+        self._waiting += 1
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # cancelled right after being handed a slot: give it back
             else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
+                self._waiting -= 1  # its heap entry is skipped when it comes up
             raise
 
     def release(self) -> None:
         self.in_flight -= 1
         self._wake()
+        for listener in self.listeners:
+            listener()
 
 
 class Lane:
@@ -186,9 +219,10 @@ class Lane:
             await self.clock.sleep(delay)
 
     @contextlib.asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[None]:
-        """Hold one in-flight slot after the pause, RPM and TPM allow a request to start."""
-        await self.limiter.acquire()
+    async def slot(self, tokens: int, priority: float = 0) -> AsyncIterator[None]:
+        """Hold one in-flight slot after the pause, RPM and TPM allow a request to start;
+        waiting calls get their slots highest ``priority`` first."""
+        await self.limiter.acquire(priority)
         try:
             await self.wait_unpaused()
             if self.rpm_bucket is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 ROLES = ("generator", "verifier")
 EMBEDDED_MODEL = "smol"
-_ENDPOINT_KEYS = ("api_key_env", "concurrency", "rpm", "tpm", "timeout_s")
+_ENDPOINT_KEYS = ("api_key_env", "concurrency", "rpm", "tpm", "timeout_s", "mode", "batch_poll_s",
+                  "batch_max_tries", "max_enqueued_tokens")
 
 
 def role_settings(cfg: DictConfig, role: str) -> dict[str, Any]:
@@ -49,6 +50,11 @@ def served_model(settings: dict[str, Any]) -> str:
     return EMBEDDED_MODEL if settings["kind"] == "embedded" else settings["model"]
 
 
+# The embedded model in batch mode has no server: its lane is named by this placeholder URL
+# and its batches run through vllm run_batch (fgrft.pipeline.local_batch).
+EMBEDDED_BATCH_URL = "http://embedded-batch.invalid/v1"
+
+
 def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None,
              model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointConfig:
     base_url = base_url or settings.get("base_url")
@@ -68,6 +74,8 @@ class Backends:
     fallback: EndpointConfig | None = None
     fallback_temperature: float | None = None
     after_failures: int = 3
+    # lane key -> the Files/Batches client of a lane not served by a provider (embedded batch)
+    batch_clients: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -76,15 +84,29 @@ def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
     server = None
     try:
         scope = ""
-        if any(s["kind"] == "embedded" for s in settings.values()):
-            server, scope = _start_embedded(cfg, run_dir)
+        embedded = [s for s in settings.values() if s["kind"] == "embedded"]
+        batch_clients: dict = {}
+        if embedded:
+            model_dir, scope = _embedded_model(cfg)
+            if any(s.get("mode", "sync") == "sync" for s in embedded):
+                server = _start_embedded(model_dir, run_dir)
         endpoints = {}
         for role, s in settings.items():
             if s["kind"] == "embedded":
-                endpoints[role] = endpoint(role, s, base_url=server.base_url, cache_scope=scope)
+                # A role in batch mode shares the embedded lane (the server's, if the other
+                # role needs one) and sends its rows to vllm run_batch instead.
+                url = server.base_url if server is not None else EMBEDDED_BATCH_URL
+                endpoints[role] = endpoint(role, s, base_url=url, cache_scope=scope)
+                if s.get("mode") == "batch":
+                    from fgrft.pipeline.local_batch import LocalBatchAPI
+
+                    key = endpoints[role].lane_key
+                    batch_clients.setdefault(key, LocalBatchAPI(
+                        model_dir, workdir=Path(cfg.paths.cache) / "local_batches",
+                        log_path=run_dir / "batch.log"))
             else:
                 endpoints[role] = endpoint(role, s)
-        backends = Backends(settings=settings, endpoints=endpoints)
+        backends = Backends(settings=settings, endpoints=endpoints, batch_clients=batch_clients)
         fb = settings["verifier"].get("fallback")
         if fb:
             if settings["verifier"]["kind"] == "embedded":
@@ -102,14 +124,17 @@ def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
             server.stop()
 
 
-def _start_embedded(cfg: DictConfig, run_dir: Path):
+def _embedded_model(cfg: DictConfig) -> tuple[Path, str]:
     from fgrft.models import build_info, ensure_built
-    from fgrft.pipeline.server import EmbeddedServer
 
     model_dir = ensure_built(EMBEDDED_MODEL, cfg.paths.cache)
     # The served name is always "smol": the build recipe goes into every cache key instead,
     # so a rebuilt model never answers from an older build's cached responses.
     recipe = (build_info(EMBEDDED_MODEL, cfg.paths.cache) or {}).get("recipe")
-    scope = "embedded:" + json.dumps(recipe, sort_keys=True)
-    server = EmbeddedServer(model_dir, log_path=run_dir / "server.log").start()
-    return server, scope
+    return Path(model_dir), "embedded:" + json.dumps(recipe, sort_keys=True)
+
+
+def _start_embedded(model_dir: Path, run_dir: Path):
+    from fgrft.pipeline.server import EmbeddedServer
+
+    return EmbeddedServer(model_dir, log_path=run_dir / "server.log").start()

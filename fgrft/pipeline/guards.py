@@ -20,6 +20,7 @@ job counts every reason.
     budget                        budget_usd was spent before the question finished
     api_error                     transport failures outlived their retries, or the run stopped
                                   after a fatal API error
+    batch_failed                  (mode=batch) no usable row in batch_max_tries provider batches
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from fgrft.scoring import strict
 
 REASONS = ("contaminated", "parse_failure", "refused", "gate_failed",
            "decision_disagrees_with_gold", "final_disagrees_with_gold", "format_violation",
-           "budget", "api_error")
+           "budget", "api_error", "batch_failed")
 # The headings of the training target ("## Thinking ... ## Final Response"); inside P4's or
 # P5's text they would move the scorer's "final response" section.
 _TARGET_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]*(?:thinking|final[ \t]+(?:response|answer))\b",

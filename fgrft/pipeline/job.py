@@ -48,7 +48,7 @@ from fgrft.tracking import TrackedRun
 log = logging.getLogger("fgrft.generate")
 
 SCHEMA_VERSION = 1
-WINDOW_PER_SLOT = 2   # questions in flight per lane slot: keeps lanes full between steps
+WINDOW_PER_SLOT = 4   # most questions in flight per lane slot (memory; admission paces the rest)
 
 
 @dataclass
@@ -78,9 +78,11 @@ def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
                         "source_origin": selection.origin})
     ledger = Ledger(load_prices(), Budget.from_setting(cfg.budget_usd))
-    outcomes, stopped, fatal = _execute(cfg, tracked, prompts, selection, ledger, sampling)
+    outcomes, stopped, fatal, batches = _execute(cfg, tracked, prompts, selection, ledger, sampling)
     outcomes = selection.contaminated + outcomes
     summary = build_summary(outcomes, selection, ledger, time.monotonic() - started, stopped)
+    if batches is not None:
+        summary["batches"] = batches
     _write(run_dir, outcomes, summary)
     tracked.log_metrics(summary_metrics(summary))
     log.info("kept %d of %d questions; dropped %s; %d calls, %d cache hits, $%.4f",
@@ -191,9 +193,9 @@ def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet,
     plan = planning.make_plan(prompts, shape, count, settings,
                               max_revisions=cfg.max_revisions, regate=cfg.regate)
     plan.notes += notes
-    est = planning.price(plan)
-    print(planning.report(plan, est), flush=True)
-    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra))
+    est, batch = planning.price(plan), planning.price(plan, mode="batch")
+    print(planning.report(plan, est, batch), flush=True)
+    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra, batch))
     tracked.log_metrics({"planned_calls": est.total.calls, "estimated_cost_usd": est.total.cost_usd,
                          "questions": count})
     return est.to_dict()
@@ -218,33 +220,33 @@ class _TraceFile:
 
 def _execute(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet, selection: Selection,
              ledger: Ledger, sampling: dict[str, dict[str, Any]]
-             ) -> tuple[list[Outcome], str | None, Exception | None]:
+             ) -> tuple[list[Outcome], str | None, Exception | None, dict | None]:
     run_dir = tracked.job.run_dir
     traces = _TraceFile(run_dir / "traces.jsonl")
     cache = SqliteResponseCache.in_dir(cfg.paths.cache)
     try:
         if not selection.questions:
-            return [], None, None
+            return [], None, None, None
         with open_backends(cfg, run_dir) as backends:
             tracked.log_params({f"model.{r}": backends.endpoints[r].model for r in ROLES})
             settings = RunSettings(
                 max_tokens={r: int(backends.settings[r]["max_output_tokens"]) for r in ROLES},
                 sampling=sampling,
                 max_revisions=cfg.max_revisions, regate=cfg.regate, run_id=tracked.run_id)
-            outcomes, fatal = asyncio.run(_run(selection.questions, prompts, settings, backends,
-                                               cache, traces, ledger))
+            outcomes, fatal, batches = asyncio.run(_run(selection.questions, prompts, settings,
+                                                        backends, cache, traces, ledger))
     finally:
         traces.close()
         cache.close()
     stopped = None
     if fatal is not None:
         stopped = f"fatal API error: {fatal}"
-    elif ledger.budget is not None and ledger.budget.exhausted and any(
-            o.reason == "budget" for o in outcomes):
+    elif ledger.budget is not None and any(o.reason == "budget" for o in outcomes):
+        # Spent, or (mode=batch) too little left to set a batch's estimated cost aside.
         stopped = "budget"
         log.warning("budget_usd=%g spent: unfinished questions dropped as 'budget'; re-run with a "
                     "larger budget_usd to continue (finished calls are cached)", cfg.budget_usd)
-    return outcomes, stopped, fatal
+    return outcomes, stopped, fatal, batches
 
 
 def step_sampling(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -268,12 +270,16 @@ async def _run(questions, prompts, settings, backends, cache, traces, ledger):
         if backends.fallback is not None:
             fallback = Fallback(engine.endpoint(backends.fallback), backends.fallback_temperature,
                                 backends.after_failures)
+        for lane_key, client in backends.batch_clients.items():
+            engine.batcher.use_client(lane_key, client)
         pipeline = Pipeline(endpoints, prompts, settings, fallback)
         slots = sum(lane.concurrency for lane in engine.lanes.values())
         progress = Progress(len(questions), ledger)
         outcomes = await progress.run_while(
             pipeline.run_all(questions, window=WINDOW_PER_SLOT * slots, on_outcome=progress.finished))
-        return outcomes, pipeline.fatal
+        # mode=batch: rounds, batches and rows submitted (and resubmitted) by this invocation.
+        batches = engine.batcher.stats.to_dict() if engine.batcher is not None else None
+        return outcomes, pipeline.fatal, batches
 
 
 # ----------------------------------------------------------------------------- 4. write

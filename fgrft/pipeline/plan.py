@@ -28,6 +28,7 @@ from fgrft.records import Question
 
 REVISION_RATE_ASSUMED = 0.3
 REASONING_TOKENS_ASSUMED = 1024
+BATCH_WINDOW_H = 24   # the provider's completion window per batch (OpenAI: 24 hours)
 
 
 @dataclass
@@ -68,19 +69,41 @@ def make_plan(prompts: PromptSet, questions: Sequence[Question], count: int,
                     for q in questions) / len(questions)
         calls.append(PlannedCall(step=label, model=served_model(role), output_tokens=out,
                                  prompt_chars=round(chars), count=n, local=is_local(role)))
+    # Batch mode runs in step-synchronous rounds: the six steps, and each revision (with its
+    # re-gate) moves the revised chains' P4 and P5 one round later.
+    rounds = len(recipe_steps) + (max_revisions * (2 if regate else 1) if revised else 0)
     assumptions = {"revision_rate": REVISION_RATE_ASSUMED if max_revisions > 0 else 0.0,
+                   "batch_rounds": rounds,
                    "reasoning_tokens_per_call": REASONING_TOKENS_ASSUMED,
                    "reasoning_models": sorted({served_model(settings[r]) for r in ROLES
                                                if is_reasoning(settings[r])})}
     return Plan(calls=calls, questions=count, assumptions=assumptions)
 
 
-def price(plan: Plan) -> Estimate:
-    return estimate(plan.calls, load_prices())
+def price(plan: Plan, mode: str = "sync") -> Estimate:
+    return estimate(plan.calls, load_prices(), mode=mode)
 
 
-def report(plan: Plan, est: Estimate) -> str:
+def compare_modes(plan: Plan, sync: Estimate, batch: Estimate) -> str:
+    """Sync and batch cost side by side, and the worst-case wall time of batch mode."""
+    lines = [f"{'sync vs batch':24} {'calls':>9} {'sync USD':>11} {'batch USD':>11}"]
+    for model, row in sync.per_model.items():
+        lines.append(f"  {model[:22]:22} {row.calls:>9,} {row.cost_usd:>11.2f} "
+                     f"{batch.per_model[model].cost_usd:>11.2f}")
+    lines.append(f"{'total':24} {sync.total.calls:>9,} {sync.total.cost_usd:>11.2f} "
+                 f"{batch.total.cost_usd:>11.2f}")
+    rounds = plan.assumptions["batch_rounds"]
+    lines.append(f"batch mode (generator.mode=batch verifier.mode=batch): {rounds} rounds; worst "
+                 f"case {rounds} x {BATCH_WINDOW_H} h = {rounds * BATCH_WINDOW_H} h when every "
+                 "batch uses its whole completion window (each retry of unanswered rows adds a "
+                 "window)")
+    return "\n".join(lines)
+
+
+def report(plan: Plan, est: Estimate, batch: Estimate | None = None) -> str:
     lines = [f"dry run: {plan.questions:,} questions, nothing called", est.format()]
+    if batch is not None:
+        lines.append(compare_modes(plan, est, batch))
     a = plan.assumptions
     lines.append(f"assumes {a['revision_rate']:.0%} of chains revised once"
                  + (f" and {a['reasoning_tokens_per_call']:,} reasoning tokens per call of "
@@ -89,6 +112,11 @@ def report(plan: Plan, est: Estimate) -> str:
     return "\n".join(lines)
 
 
-def to_json(plan: Plan, est: Estimate, extra: dict[str, Any]) -> str:
-    return json.dumps({"schema_version": 1, "questions": plan.questions, **est.to_dict(),
-                       "assumptions": plan.assumptions, "notes": plan.notes, **extra}, indent=2)
+def to_json(plan: Plan, est: Estimate, extra: dict[str, Any], batch: Estimate | None = None) -> str:
+    out = {"schema_version": 1, "questions": plan.questions, **est.to_dict(),
+           "assumptions": plan.assumptions, "notes": plan.notes, **extra}
+    if batch is not None:
+        out["batch"] = {"per_model": {k: v.to_dict() for k, v in batch.per_model.items()},
+                        "total": batch.total.to_dict(),
+                        "worst_case_wall_h": plan.assumptions["batch_rounds"] * BATCH_WINDOW_H}
+    return json.dumps(out, indent=2)

@@ -1,6 +1,6 @@
 """Run the six-step chain for many questions concurrently through the call engine.
 
-    pipeline = Pipeline(endpoints={"generator": gen, "verifier": ver}, prompts=load_prompts(),
+    pipeline = Pipeline(endpoints={"generator": gen, "verifier": ver}, prompts=load_prompts(cfg.recipe),
                         settings=RunSettings(...), fallback=Fallback(...) or None)
     outcomes = await pipeline.run_all(questions, window=128, on_outcome=progress.finished)
 
@@ -20,7 +20,8 @@ of Revise with ``max_revisions=0`` is ``gate_failed`` too. Then the chain's deci
 format and P5's answer are checked (:mod:`fgrft.pipeline.guards`); a question is kept only if
 every step returned a schema-valid answer and every check passed.
 
-Questions run concurrently. At most ``window`` are in flight, so the lanes stay full while
+Questions run concurrently: a question is admitted when its first lane would otherwise idle,
+and queued calls are served further-along chains first, so the lanes stay full while
 questions keep finishing (rather than every question's P1 queueing ahead of any P2), which
 matters when a budget stops the run: what finished is kept.
 
@@ -38,8 +39,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from fgrft.llm import (BudgetExhaustedError, Endpoint, FatalAPIError, OutputError,
-                       RetryExhaustedError, RunStoppedError, Sampling)
+from fgrft.llm import (BatchFailedError, BudgetExhaustedError, Endpoint, FatalAPIError,
+                       OutputError, RetryExhaustedError, RunStoppedError, Sampling)
 from fgrft.pipeline import guards
 from fgrft.pipeline.guards import Rejected
 from fgrft.pipeline.prompts import PromptSet
@@ -105,6 +106,15 @@ class Pipeline:
         self.fallback = fallback
         self.fatal: FatalAPIError | None = None  # the first fatal API error seen, if any
 
+    def _all_endpoints(self) -> list[Endpoint]:
+        return list(self.endpoints.values()) + ([self.fallback.endpoint] if self.fallback else [])
+
+    @property
+    def batcher(self):
+        """The engine's batch path when any endpoint (fallback included) is in batch mode."""
+        return next((ep.engine.batcher for ep in self._all_endpoints() if ep.cfg.mode == "batch"),
+                    None)
+
     # -- one call -----------------------------------------------------------------------
     def _sampling(self, step: str, role: str, q: Question, label: str, tries: int,
                   temperature: Any = ...) -> Sampling:
@@ -116,10 +126,15 @@ class Pipeline:
         return Sampling.from_mapping({**keys, "seed": derived_seed(q.id, label, salt, tries)})
 
     async def _ask(self, ep: Endpoint, step: str, label: str, q: Question, messages: list[dict],
-                   sampling: Sampling) -> dict:
-        schema = self.prompts.recipe.steps[step].schema("".join(sorted(q.options)), sampling.max_tokens)
+                   sampling: Sampling, done: int) -> dict:
+        recipe_step = self.prompts.recipe.steps[step]
+        schema = recipe_step.schema("".join(sorted(q.options)), sampling.max_tokens)
+        # Chains further along go first (``done`` = steps this question has answered).
+        # The step's typical answer size sizes a batch's budget reservation (as the dry run).
+        expected = min(recipe_step.expected_output_tokens, sampling.max_tokens or 1 << 30)
         result = await ep.call(messages, schema=schema, schema_name=f"fgrft_{step}",
-                               sampling=sampling, id=q.id, step=label)
+                               sampling=sampling, id=q.id, step=label, priority=done,
+                               expected_output_tokens=expected)
         return result.parsed
 
     async def call(self, step: str, label: str, q: Question, outcome: Outcome,
@@ -132,7 +147,8 @@ class Pipeline:
         for t in range(tries):
             try:
                 parsed = await self._ask(ep, step, label, q, messages,
-                                         self._sampling(step, role, q, label, t))
+                                         self._sampling(step, role, q, label, t),
+                                         len(outcome.models))
                 outcome.models[label] = ep.cfg.model
                 return parsed
             except (OutputError, RetryExhaustedError) as exc:
@@ -143,7 +159,8 @@ class Pipeline:
         # The primary model failed `after_failures` times: the fallback answers this step.
         outcome.fallbacks += 1
         sampling = self._sampling(step, role, q, label, tries, temperature=fb.temperature)
-        parsed = await self._ask(fb.endpoint, step, label, q, messages, sampling)
+        parsed = await self._ask(fb.endpoint, step, label, q, messages, sampling,
+                                 len(outcome.models))
         outcome.models[label] = fb.endpoint.cfg.model
         return parsed
 
@@ -227,17 +244,75 @@ class Pipeline:
                       on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         """Every question's outcome, in input order. A fatal API error stops new calls (the
         remaining questions end as ``api_error``) and is kept in ``self.fatal`` for the caller
-        to raise once the files are written."""
-        gate = asyncio.Semaphore(max(1, window))
+        to raise once the files are written.
 
-        async def one(q: Question) -> Outcome:
-            async with gate:
-                outcome = await self.run_one(q)
-            if on_outcome is not None:
-                on_outcome(outcome)
-            return outcome
+        Admission is by ready calls: a question starts when the lane of its first step would
+        otherwise leave a slot idle (nothing queued, a slot free), so a finished call's slot
+        goes at once to the next ready call of any question, and new questions fill the gaps
+        while older chains are between steps. Queued calls are served further-along chains
+        first (see :meth:`call`), so questions finish steadily and a stopped run keeps them.
+        At most ``window`` questions are in flight (a memory bound, not a pacing one).
 
-        return list(await asyncio.gather(*(one(q) for q in questions)))
+        The drain: once no more than a lane's worth of questions is left to start, they all
+        start at once and every lane serves the chains with the least done first, so the
+        young chains catch up and the last questions finish together while the lanes are
+        still full, instead of the last-started ones running their steps alone."""
+        questions = list(questions)
+        outcomes: list[Outcome | None] = [None] * len(questions)
+        limiter = self.endpoints[self.prompts.recipe.steps["p1"].role].lane.limiter
+        wake = asyncio.Event()
+        live = 0
+        # With a batch endpoint every question is admitted at once and is a worker of the
+        # batcher: a round goes out when every unfinished question waits on a batch call
+        # (step-synchronous rounds; the sync role's calls run in between).
+        batcher = self.batcher
+        if batcher is not None:
+            batcher.set_workers(len(questions))
+
+        async def one(i: int, q: Question) -> None:
+            nonlocal live
+            try:
+                outcomes[i] = await self.run_one(q)
+                if on_outcome is not None:
+                    on_outcome(outcomes[i])
+            finally:
+                live -= 1
+                wake.set()
+                if batcher is not None:
+                    batcher.set_workers(batcher.workers - 1)
+
+        def blocked() -> bool:
+            if batcher is not None:
+                return False
+            return live >= max(1, window) or limiter.room <= 0
+
+        tasks: list[asyncio.Task] = []
+        limiters = {id(ep.lane.limiter): ep.lane.limiter for ep in self._all_endpoints()}
+        draining = False
+        limiter.listeners.append(wake.set)
+        try:
+            for i, q in enumerate(questions):
+                if not draining and batcher is None and len(questions) - i <= limiter.limit:
+                    draining = True
+                    for lim in limiters.values():
+                        lim.set_order(lowest_first=True)
+                while blocked() and not draining:
+                    wake.clear()
+                    await wake.wait()
+                live += 1
+                tasks.append(asyncio.create_task(one(i, q)))
+                if batcher is None:
+                    # Let it run up to its first lane (or finish from the cache) before the
+                    # room is counted again.
+                    await asyncio.sleep(0)
+            await asyncio.gather(*tasks)
+        finally:
+            limiter.listeners.remove(wake.set)
+            for lim in limiters.values():
+                lim.set_order(lowest_first=False)
+            for task in tasks:
+                task.cancel()
+        return outcomes  # type: ignore[return-value]
 
 
 def _last_gate(out: Outcome) -> str:
@@ -264,6 +339,8 @@ class _StepFailed(Exception):
         if isinstance(exc, OutputError):
             reason = "refused" if exc.outcome in ("refusal", "content_filter") else "parse_failure"
             return cls(reason, step, str(exc))
+        if isinstance(exc, BatchFailedError):
+            return cls("batch_failed", step, str(exc))
         if isinstance(exc, (RetryExhaustedError, FatalAPIError, RunStoppedError)):
             return cls("api_error", step, str(exc))
         raise exc
