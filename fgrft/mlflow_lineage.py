@@ -11,8 +11,9 @@
   lists every evaluation of the checkpoint).
 * :func:`log_table` logs rows as an MLflow table artifact.
 
-All of this is a view of files the run directory already holds; if MLflow refuses one of
-these calls the run goes on with a warning.
+All of this is a view of files the run directory already holds: it is logged into the
+active run only (a job run without one, as in-process tests do, logs nothing), and if MLflow
+refuses a call the run goes on with a warning.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def dataset(name: str, origin: str | None, digest: str, ids: Sequence[str],
     import mlflow
     import pandas as pd
 
+    if mlflow.active_run() is None:
+        return
     frame = pd.DataFrame({"id": list(ids)})
     if sources is not None:
         frame["source"] = list(sources)
@@ -65,6 +68,8 @@ def log_dataset(name: str, origin: str | None, digest: str, ids: Sequence[str], 
     """Log the dataset as an input of the active run in ``context``; returns it (or None)."""
     import mlflow
 
+    if mlflow.active_run() is None:
+        return None
     try:
         ds = dataset(name, origin, digest, ids, sources, hub)
         mlflow.log_input(ds, context=context)
@@ -79,6 +84,9 @@ def register_checkpoint(checkpoint: str | Path, name: str, lineage: Mapping[str,
     """The checkpoint as an external logged model of ``run_id`` (created once per run)."""
     import mlflow
 
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return None
     try:
         existing = checkpoint_model_id(run_id)
         if existing is not None:
@@ -117,6 +125,8 @@ def link_model(model_id: str, metrics: Mapping[str, float], ds: Any = None) -> N
     import mlflow
     from mlflow.entities import LoggedModelInput
 
+    if mlflow.active_run() is None:
+        return
     try:
         mlflow.log_input(model=LoggedModelInput(model_id))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, model_id=model_id,
@@ -135,6 +145,8 @@ def log_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], artifac
     def cell(value: Any) -> Any:
         return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
 
+    if mlflow.active_run() is None:
+        return
     frame = pd.DataFrame([{c: cell(row.get(c)) for c in columns} for row in rows], columns=list(columns))
     try:
         mlflow.log_table(frame, artifact_file=artifact_file)
