@@ -14,13 +14,13 @@ and retries. Nothing is traced live: each trace is built from the step timings r
 process once the question's outcome is final, with MLflow's explicit start and end times. A run
 killed with ``kill -9`` therefore leaves no half-open trace, and the re-run (whose calls are
 cache hits) traces the questions that were not traced yet; a question already traced in this
-MLflow run is skipped, so re-running writes no duplicates. Writing happens on one background
-thread, so the event loop never waits for the tracking store.
+MLflow run is skipped, so re-running writes no duplicates. The traces are written when the
+run's calls are done (writing one costs tracking-store commits, which would otherwise compete
+with the calls for the CPU); ``make bench`` compares the calls' span with tracing on and off.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -157,42 +157,40 @@ def traced_question_ids(run_id: str) -> set[str]:
 
 
 class TraceWriter:
-    """Writes one trace per finished question on a background thread (see the module doc)."""
+    """One trace per finished question (see the module doc), written once no call is left in
+    flight: tracing then takes nothing from the calls' event loop."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.skipped = 0
         self.written = 0
         self.done = traced_question_ids(run_id)
-        self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="fgrft-traces", daemon=True)
-        self._thread.start()
+        self._pending: list[tuple[Any, Any, list[StepCall]]] = []
 
     def finished(self, outcome: Any, question: Any, calls: list[StepCall]) -> None:
         if outcome.id in self.done:
             self.skipped += 1
             return
         self.done.add(outcome.id)
-        self._queue.put((outcome, question, calls))
+        self._pending.append((outcome, question, calls))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        try:
-            import mlflow
+        import mlflow
 
-            mlflow.flush_trace_async_logging()
-        except Exception as e:  # noqa: BLE001
-            log.warning("traces: flushing to MLflow failed: %s", e)
-        log.info("traces: %d questions traced, %d already traced before", self.written, self.skipped)
-
-    def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
+        started = time.monotonic()
+        pending, self._pending = self._pending, []
+        for item in pending:
             try:
                 write_trace(self.run_id, *item)
                 self.written += 1
             except Exception as e:  # noqa: BLE001 - a trace is a view; the run's files are the record
                 log.warning("traces: question %s not traced: %s", item[0].id, str(e).splitlines()[0])
+        try:
+            mlflow.flush_trace_async_logging()
+        except Exception as e:  # noqa: BLE001
+            log.warning("traces: flushing to MLflow failed: %s", e)
+        log.info("traces: %d questions traced in %.1fs, %d traced by an earlier invocation",
+                 self.written, time.monotonic() - started, self.skipped)
 
 
 def _question_inputs(outcome: Any, question: Any) -> dict[str, Any]:
