@@ -77,8 +77,9 @@ def render(browser: str, url: str, profile: Path, screenshot: Path) -> str:
 def test_runs_table_run_page_and_traces_in_chromium(tmp_path, fault_server):
     browser = chromium()
     store = tmp_path / "mlflow.db"
-    # A replayed evaluation first: it creates the store the server then opens.
-    finished(fgrft(tmp_path, "evaluate", "inference=replay", f"inference.path={REPLAY}"))
+    # The store exists before the server and the two runs start, all three at once.
+    mlflow.MlflowClient(f"sqlite:///{store}").search_experiments(max_results=1)
+    evaluate = fgrft(tmp_path, "evaluate", "inference=replay", f"inference.path={REPLAY}")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
@@ -91,6 +92,7 @@ def test_runs_table_run_page_and_traces_in_chromium(tmp_path, fault_server):
         finished(fgrft(tmp_path, "generate", "generator=vllm_local", "verifier=vllm_local",
                        f"generator.base_url={url}", f"verifier.base_url={url}", "generator.model=served",
                        "verifier.model=served", "source.limit=2", "benchmark=sample"))
+        finished(evaluate)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
         while True:

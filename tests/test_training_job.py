@@ -107,6 +107,7 @@ def test_killed_run_resumes_in_the_same_directory_and_mlflow_run(resumed):
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == MAX_STEPS
     # In the MLflow UI: a readable name, the records as the training dataset, the checkpoint as a model
     assert run.info.run_name == "train tiny sample seed42"
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's own system metrics
     (data,) = run.inputs.dataset_inputs
     assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
     assert data.dataset.name == "sample" and data.dataset.digest == s["data_hash"][:36]
