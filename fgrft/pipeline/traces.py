@@ -165,6 +165,9 @@ class TraceWriter:
         self.skipped = 0
         self.written = 0
         self.done = traced_question_ids(run_id)
+        import mlflow
+
+        self.experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
         self._pending: list[tuple[Any, Any, list[StepCall]]] = []
 
     def finished(self, outcome: Any, question: Any, calls: list[StepCall]) -> None:
@@ -181,7 +184,7 @@ class TraceWriter:
         pending, self._pending = self._pending, []
         for item in pending:
             try:
-                write_trace(self.run_id, *item)
+                write_trace(self.run_id, *item, experiment_id=self.experiment_id)
                 self.written += 1
             except Exception as e:  # noqa: BLE001 - a trace is a view; the run's files are the record
                 log.warning("traces: question %s not traced: %s", item[0].id, str(e).splitlines()[0])
@@ -200,11 +203,13 @@ def _question_inputs(outcome: Any, question: Any) -> dict[str, Any]:
             "options": dict(question.options), "gold": question.answer_idx}
 
 
-def write_trace(run_id: str, outcome: Any, question: Any, calls: list[StepCall]) -> None:
+def write_trace(run_id: str, outcome: Any, question: Any, calls: list[StepCall],
+                experiment_id: str | None = None) -> None:
     """One question's trace from its recorded step calls, with their recorded times."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    experiment_id = experiment_id or client.get_run(run_id).info.experiment_id
     now = time.time_ns()
     start = min((c.start_ns for c in calls), default=now)
     end = max((c.end_ns or c.start_ns for c in calls), default=now)
@@ -213,6 +218,7 @@ def write_trace(run_id: str, outcome: Any, question: Any, calls: list[StepCall])
     totals = StepLog.totals(calls)
     root = client.start_trace(
         name=f"question {outcome.id}", span_type="CHAIN", start_time_ns=start, run_id=run_id,
+        experiment_id=experiment_id,
         inputs=redact_obj(_question_inputs(outcome, question)),
         attributes={"outcome": "kept" if outcome.kept else f"dropped: {outcome.reason}", **totals},
         tags={QUESTION_TAG: outcome.id, RUN_TAG: run_id,
