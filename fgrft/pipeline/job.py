@@ -8,7 +8,8 @@
                 under ``paths.cache`` and a ledger (``budget_usd``), showing progress
     4. write    records.jsonl, traces.jsonl and summary.json (always all three, even when
                 nothing was kept) plus questions.jsonl (every question's outcome); summary
-                counts and cost to MLflow
+                counts and cost to MLflow, with the source questions and the records as inputs,
+                a table row and (``traces=true``) a trace per question (fgrft.pipeline.traces)
 
 Re-running the same command resumes: every call answered before (also by a run killed with
 ``kill -9``) is a free cache hit, so only unfinished calls are paid for. A spent budget stops
@@ -244,6 +245,7 @@ async def _run(questions, prompts, settings, backends, cache, traces, ledger, vi
         pipeline = Pipeline(endpoints, prompts, settings, fallback)
         slots = sum(lane.concurrency for lane in engine.lanes.values())
         progress = Progress(len(questions), ledger)
+
         def finished(outcome: Outcome) -> None:
             progress.finished(outcome)
             views.finished(outcome)
