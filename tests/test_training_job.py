@@ -157,7 +157,7 @@ def test_checkpoint_evaluates_with_inference_hf(resumed):
     # The evaluation names the checkpoint's model as an input and its metrics land on the model page
     assert run.info.run_name == "evaluate smol+sample t0.5 strict"  # the label given (model=smol), its arm
     (model,) = client.search_logged_models([run.info.experiment_id])
-    assert [m.model_id for m in run.inputs.model_inputs] == [model.model_id]
+    assert [m.model_id for m in client.get_run(run.info.run_id).inputs.model_inputs] == [model.model_id]
     linked = {m.key: m for m in client.get_logged_model(model.model_id).metrics}
     assert linked["accuracy/overall"].run_id == run.info.run_id
     assert linked["accuracy/overall"].value == run.data.metrics["accuracy/overall"]
