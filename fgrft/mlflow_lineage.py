@@ -55,8 +55,6 @@ def dataset(name: str, origin: str | None, digest: str, ids: Sequence[str],
     import mlflow
     import pandas as pd
 
-    if mlflow.active_run() is None:
-        return
     frame = pd.DataFrame({"id": list(ids)})
     if sources is not None:
         frame["source"] = list(sources)
