@@ -123,11 +123,20 @@ def test_runs_table_run_page_and_traces_in_chromium(tmp_path, fault_server):
         assert "replay:replay_sample.json" in page
         assert "python -m fgrft.evaluate inference=replay" in page  # the description
 
-        traces = render(browser, f"{base}/#/experiments/{experiment}/traces", profile, tmp_path / "traces.png")
+        # The generate run's Traces tab with one question's trace open: its span tree in step order.
+        (generation,) = client.search_runs([experiment], filter_string="tags.stage = 'generate'")
         (questions,) = (tmp_path / "outputs").rglob("questions.jsonl")
         ids = [json.loads(line)["id"] for line in questions.read_text().splitlines()]
-        assert len(ids) == 2 and all(f"question_id: {i}" in traces for i in ids), traces[:3000]
-        assert "outcome: kept" in traces
+        found = client.search_traces(experiment_ids=[experiment], run_id=generation.info.run_id)
+        assert sorted(t.info.tags["question_id"] for t in found) == sorted(ids)
+        trace = found[0]
+        qid = trace.info.tags["question_id"]
+        traces = render(browser, f"{base}/#/experiments/{experiment}/runs/{generation.info.run_id}/traces"
+                                 f"?selectedEvaluationId={trace.info.trace_id}", profile, tmp_path / "traces.png")
+        took = r"[\d.]+ ?m?s"
+        steps = " ".join(f"{step} {took}" for step in ("p1", "p2", "p3", "gate", "p4", "p5"))
+        assert re.search(f"Spans question {qid} {took} {steps}", traces), traces[:3000]
+        assert all(i in traces for i in ids)  # both questions' traces are listed behind it
         for png in ("runs.png", "run.png", "traces.png"):
             assert (tmp_path / png).stat().st_size > 10_000, png
     finally:
