@@ -36,6 +36,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fgrft.config.resolvers import short_hash
+from fgrft.run_names import command_line, run_name, sweep_name
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ ENV_RUN_ID = "FGRFT_MLFLOW_RUN_ID"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
 REDACTED = "***REDACTED***"
+# The run's description in the MLflow UI: the command that reproduces the run.
+NOTE_TAG = "mlflow.note.content"
+SYSTEM_METRICS_STAGES = ("train", "evaluate")
 # MLflow rejects longer param values.
 _MAX_PARAM_LEN = 6000
 
@@ -187,6 +191,7 @@ class JobInfo:
     run_dir: Path
     sweep_dir: Path | None
     overrides: list[str] = field(default_factory=list)
+    hydra_overrides: list[str] = field(default_factory=list)
 
     @property
     def sweep_id(self) -> str:
@@ -201,7 +206,7 @@ def current_job(stage: str) -> JobInfo:
     hc = HydraConfig.get()
     sweep_dir = Path(hc.sweep.dir).resolve() if hc.mode == RunMode.MULTIRUN else None
     return JobInfo(stage=stage, run_dir=Path(hc.runtime.output_dir).resolve(), sweep_dir=sweep_dir,
-                   overrides=list(hc.overrides.task))
+                   overrides=list(hc.overrides.task), hydra_overrides=list(hc.overrides.hydra))
 
 
 @dataclass
@@ -277,17 +282,21 @@ def job_run(cfg: DictConfig, job: JobInfo) -> Iterator[TrackedRun]:
     parent_id = None
     if job.sweep_dir is not None:
         parent_id = _existing_run_id(job.sweep_dir / PARENT_RUN_ID_FILE)
+    name = run_name(job.stage, cfg)
+    # CPU and memory (and GPU with nvidia-ml-py) beside the stages that load models.
+    system_metrics = job.stage in SYSTEM_METRICS_STAGES
     if run_id:
-        active = mlflow.start_run(run_id=run_id)
+        active = mlflow.start_run(run_id=run_id, run_name=name, log_system_metrics=system_metrics)
         log.info("reattached to MLflow run %s", run_id)
     else:
-        active = mlflow.start_run(experiment_id=exp_id, run_name=job.run_dir.name,
-                                  parent_run_id=parent_id)
+        active = mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent_id,
+                                  log_system_metrics=system_metrics)
         id_file.write_text(active.info.run_id)
     tracked = TrackedRun(run_id=active.info.run_id, job=job)
     status = "FAILED"
     try:
-        mlflow.set_tags(_tags(job))
+        mlflow.set_tags({**_tags(job), NOTE_TAG: redact(
+            command_line(job.stage, job.overrides, job.hydra_overrides))})
         tracked.log_params(config_params(cfg))
         _write_config(cfg, job.run_dir)
         yield tracked
@@ -354,15 +363,19 @@ class SweepTrackingCallback(Callback):
         id_file = sweep_dir / PARENT_RUN_ID_FILE
         run_id = _existing_run_id(id_file)
         client = mlflow.MlflowClient()
+        stage = config.hydra.job.name
+        name = sweep_name(stage, config.experiment_name)
         if run_id is None:
-            run = client.create_run(exp_id, run_name=sweep_dir.name)
+            run = client.create_run(exp_id, run_name=name)
             run_id = run.info.run_id
             id_file.write_text(run_id)
         else:
             client.update_run(run_id, status="RUNNING")
-        job = JobInfo(stage=config.hydra.job.name, run_dir=sweep_dir, sweep_dir=sweep_dir,
-                      overrides=list(config.hydra.overrides.task))
-        for k, v in {**_tags(job), "sweep_parent": "true"}.items():
+        job = JobInfo(stage=stage, run_dir=sweep_dir, sweep_dir=sweep_dir,
+                      overrides=list(config.hydra.overrides.task),
+                      hydra_overrides=list(config.hydra.overrides.hydra))
+        note = redact(command_line(stage, job.overrides, job.hydra_overrides, multirun=True))
+        for k, v in {**_tags(job), "sweep_parent": "true", NOTE_TAG: note}.items():
             client.set_tag(run_id, k, v)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -378,6 +391,8 @@ class SweepTrackingCallback(Callback):
             filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
         )
         failed = [c for c in children if c.info.status == "FAILED"]
+        client.update_run(run_id, name=sweep_name(config.hydra.job.name, config.experiment_name,
+                                                  len(children)))
         client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
         if failed:
             names = ", ".join(c.info.run_name for c in failed)

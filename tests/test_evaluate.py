@@ -90,6 +90,20 @@ def test_replay_writes_the_three_files_and_a_run(tmp_path, scorer):
                 assert run.data.metrics[f"{name}/{key}/{source}"] == pytest.approx(block[key])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"predictions.jsonl", "metrics.json", "scorer_audit.jsonl", "config.yaml"} <= artifacts
+    # What the MLflow UI shows: a readable name, the scored items as the eval dataset, a per-item table
+    assert run.info.run_name == f"evaluate smol t0.5 {scorer} replay:replay_sample"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "eval"
+    assert dataset_input.dataset.name == "replay:replay_sample.json"
+    assert dataset_input.dataset.digest == run.data.params["items_hash"]
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == 36
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions_table.json", str(tmp_path)))
+                        .read_text())
+    table = {c: [row[i] for row in logged["data"]] for i, c in enumerate(logged["columns"])}
+    assert list(table["id"]) == [p["id"] for p in preds]
+    assert list(table["gold"]) == [p["answer_idx"] for p in preds]
+    assert list(table["unparsed"]) == [p["extracted"] is None for p in preds]
+    assert list(table["correct"]) == [p["correct"] for p in preds]
 
 
 def test_strict_and_thesis_disagree_where_the_thesis_guesses():

@@ -104,6 +104,36 @@ def test_faults_contamination_duplicates_revision_and_mlflow(tmp_path, fault_ser
     assert run.data.metrics["kept"] == 3 and run.data.metrics["dropped/contaminated"] == 1
     assert run.data.metrics["cost_usd"] == 0 and run.data.metrics["calls"] == summary["calls"]
     assert len(run.data.params["prompt_hash"]) == 16 and run.data.tags["stage"] == "generate"
+    assert run.info.run_name == "generate thesis served/served"
+
+    # In the MLflow UI: the source questions and the kept records as inputs, ...
+    inputs = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"source", "records"}
+    assert inputs["source"].digest == run.data.params["items_hash"]
+    assert json.loads(inputs["source"].profile)["num_rows"] == 3  # the repeat and the leaked item are out
+    assert json.loads(inputs["records"].profile)["num_rows"] == 3
+    # ... a table row per question with its calls and cost, ...
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "questions_table.json", str(tmp_path)))
+                       .read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sorted(r["id"] for r in rows) == sorted(o["id"] for o in outcomes)
+    assert sum(r["calls"] for r in rows) == summary["calls"] and sum(r["revised"] for r in rows) == 1
+    # ... and one trace per question, a span per step call with its input, output, model and tokens.
+    found = client.search_traces(experiment_ids=[run.info.experiment_id], run_id=run.info.run_id)
+    assert sorted(t.info.tags["question_id"] for t in found) == sorted(o["id"] for o in outcomes)
+    by_id = {t.info.tags["question_id"]: t for t in found}
+    (revised,) = [o for o in outcomes if o["revised"]]
+    spans = by_id[revised["id"]].data.spans
+    assert [sp.name for sp in spans[1:]] == ["p1", "p2", "p3", "gate", "p3_rev1", "p4", "p5"]
+    assert spans[0].outputs["kept"] is True and spans[0].inputs["gold"]
+    assert all(sp.parent_id == spans[0].span_id for sp in spans[1:])
+    gate = spans[4]
+    assert gate.outputs["verdict"] == "Revise" and gate.inputs["messages"][-1]["role"] == "user"
+    assert gate.attributes["model"] == "served" and gate.attributes["tokens"]["completion"] > 0
+    assert all(spans[0].start_time_ns <= sp.start_time_ns <= sp.end_time_ns <= spans[0].end_time_ns
+               for sp in spans[1:])
+    (dropped,) = [o for o in outcomes if o["reason"] == "contaminated"]
+    assert len(by_id[dropped["id"]].data.spans) == 1 and by_id[dropped["id"]].info.tags["outcome"] == "contaminated"
 
 
 def test_kill_9_mid_run_then_rerun_pays_only_for_unfinished_calls(tmp_path, fault_server):
@@ -132,6 +162,20 @@ def test_kill_9_mid_run_then_rerun_pays_only_for_unfinished_calls(tmp_path, faul
     assert fault_server.total == full - answered
     assert summary["cache_hits"] == answered and summary["calls"] == full - answered
     assert sum(t["cached"] for t in read(run_dir(tmp_path) / "traces.jsonl")) == answered
+
+    # One MLflow trace per question, however the work was split between the killed run and the
+    # re-run; a third run of the same command adds none.
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run((run_dir(tmp_path) / "mlflow_run_id").read_text().strip())
+
+    def traced() -> list[str]:
+        found = client.search_traces(experiment_ids=[run.info.experiment_id], run_id=run.info.run_id)
+        return sorted(t.info.tags["question_id"] for t in found)
+    ids = sorted(o["id"] for o in read(run_dir(tmp_path) / "questions.jsonl"))
+    assert traced() == ids
+    assert generate(tmp_path, *args).returncode == 0
+    assert traced() == ids
 
 
 def test_budget_stops_cleanly_and_keeps_finished_records(tmp_path, fault_server, api_key):

@@ -56,6 +56,11 @@ def test_different_overrides_get_different_directories_and_explicit_dir_wins(tmp
     assert len(dirs) == 3 and len({d.name for d in dirs}) == 3
     assert (explicit / "mlflow_run_id").is_file()
     assert len(runs(tmp_path)) == 4
+    # The run directory keeps its override-derived name (the resume key); the run name is readable.
+    assert sorted(d.name.rsplit("-", 1)[0] for d in dirs) == ["default", "temperature-t0.5", "temperature-t0.7"]
+    notes = {r.data.tags["mlflow.note.content"] for r in runs(tmp_path)}
+    assert f"python -m fgrft.evaluate temperature=t0.7 hydra.run.dir={explicit}" in notes
+    assert {r.info.run_name for r in runs(tmp_path)} == {"evaluate smol t0.5 strict", "evaluate smol t0.7 strict"}
 
 
 def test_multirun_is_a_parent_with_children_and_rerun_reattaches(tmp_path):
@@ -77,6 +82,12 @@ def test_multirun_is_a_parent_with_children_and_rerun_reattaches(tmp_path):
         assert run.info.status == "FINISHED"
     assert sorted(c.data.metrics["accuracy/overall"] for c in children) == [0.5, 0.7]
     assert sorted(c.data.params["temperature.name"] for c in children) == ["t0.5", "t0.7"]
+    # Readable names for the runs table; the description is the command that reproduces the run.
+    assert parent.info.run_name == "sweep evaluate default (2 jobs)"
+    assert parent.data.tags["mlflow.note.content"] == "python -m fgrft.evaluate -m temperature=t0.5,t0.7"
+    assert sorted(c.info.run_name for c in children) == ["evaluate smol t0.5 strict", "evaluate smol t0.7 strict"]
+    assert sorted(c.data.tags["mlflow.note.content"] for c in children) == [
+        "python -m fgrft.evaluate temperature=t0.5", "python -m fgrft.evaluate temperature=t0.7"]
     # sweep jobs live under one sweep directory; each ran twice there
     sweep_dirs = {d.parent for d in run_dirs(tmp_path)}
     assert len(sweep_dirs) == 1

@@ -105,6 +105,18 @@ def test_killed_run_resumes_in_the_same_directory_and_mlflow_run(resumed):
     assert run.data.params["base_model"] == "tiny" and run.data.params["data_hash"] == s["data_hash"]
     assert {"padding_fraction", "tokens_per_s", "loss", "grad_norm", "learning_rate"} <= set(run.data.metrics)
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == MAX_STEPS
+    # In the MLflow UI: a readable name, the records as the training dataset, the checkpoint as a model
+    assert run.info.run_name == "train tiny sample seed42"
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's own system metrics
+    (data,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
+    assert data.dataset.name == "sample" and data.dataset.digest == s["data_hash"][:36]
+    assert json.loads(data.dataset.profile)["num_rows"] == s["examples"]
+    (model,) = client.search_logged_models([exp.experiment_id])  # once, though the run was started twice
+    assert model.source_run_id == run.info.run_id and model.tags["mlflow.model.isExternal"] == "true"
+    assert model.tags["checkpoint"] == str(resumed.run_dir / "checkpoint")
+    assert model.params == {"base_model": "tiny", "data_hash": s["data_hash"], "train_run_id": run.info.run_id,
+                            "steps": str(MAX_STEPS)}
 
 
 def test_final_checkpoint_has_stock_template_bf16_weights_and_lineage(resumed, tiny_path):
@@ -142,6 +154,13 @@ def test_checkpoint_evaluates_with_inference_hf(resumed):
                                 filter_string="tags.stage = 'evaluate'")
     assert run.data.params["train_run_id"] == (resumed.run_dir / "mlflow_run_id").read_text()
     assert run.data.params["data_hash"] == resumed.summary["data_hash"]
+    # The evaluation names the checkpoint's model as an input and its metrics land on the model page
+    assert run.info.run_name == "evaluate smol+sample t0.5 strict"  # the label given (model=smol), its arm
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert [m.model_id for m in client.get_run(run.info.run_id).inputs.model_inputs] == [model.model_id]
+    linked = {m.key: m for m in client.get_logged_model(model.model_id).metrics}
+    assert linked["accuracy/overall"].run_id == run.info.run_id
+    assert linked["accuracy/overall"].value == run.data.metrics["accuracy/overall"]
 
 
 @pytest.mark.slow

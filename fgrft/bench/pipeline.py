@@ -34,6 +34,9 @@ rounds, batches, rows submitted and resubmitted and the wall time, and checks th
 question reaches an outcome, that only rows which failed or never ran were submitted again,
 and that a re-run creates no batch.
 
+In sync mode, ``--tracing-repeats`` fresh runs each with ``traces=false`` and ``traces=true``
+(interleaved) compare the median spans: with tracing on, the span must stay within 5% of off.
+
 :class:`StepResponder` is also what the pipeline tests answer with.
 """
 from __future__ import annotations
@@ -397,6 +400,49 @@ def report(r: dict) -> str:
     ])
 
 
+def traced_span(questions: int, concurrency: int, latency_s: float, traces: bool) -> dict:
+    """One fresh run (empty cache, new store) with ``traces=true|false``: server span, command wall."""
+    with tempfile.TemporaryDirectory(prefix="fgrft-bench-traces-") as tmp, \
+            ServerProcess(["-m", "fgrft.bench.pipeline", "--serve", "--latency-s", str(latency_s)]) as server:
+        root = Path(tmp)
+        source = root / "questions.json"
+        write_questions(source, questions)
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        command = [*generate_command(server.base_url, source, concurrency), f"traces={str(traces).lower()}"]
+        started = time.perf_counter()
+        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+        wall = time.perf_counter() - started
+        if r.returncode != 0:
+            raise RuntimeError(f"generate traces={traces} failed:\n{r.stderr[-3000:]}")
+        return {"span_s": server.stats()["span_s"], "command_wall_s": wall}
+
+
+def tracing_overhead(questions: int, concurrency: int, latency_s: float, repeats: int = 3) -> dict:
+    """Spans with tracing on and off, interleaved (off, on, off, on, ...), medians of ``repeats``."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for _ in range(repeats):
+        for mode in ("off", "on"):
+            runs[mode].append(traced_span(questions, concurrency, latency_s, traces=mode == "on"))
+    out = {f"{mode}_{key}": statistics.median(r[key] for r in rs)
+           for mode, rs in runs.items() for key in ("span_s", "command_wall_s")}
+    out["repeats"] = repeats
+    out["span_on_over_off"] = out["on_span_s"] / out["off_span_s"]
+    out["target_met"] = out["span_on_over_off"] <= 1.05
+    return out
+
+
+def report_tracing(t: dict) -> str:
+    return "\n".join([
+        f"  tracing    span on {t['on_span_s']:.2f} s, off {t['off_span_s']:.2f} s (median of {t['repeats']}): "
+        f"on/off {t['span_on_over_off']:.3f} (target <= 1.05: {'met' if t['target_met'] else 'NOT met'})",
+        f"             command wall on {t['on_command_wall_s']:.2f} s, off {t['off_command_wall_s']:.2f} s "
+        "(on includes writing the traces after the last response)",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--questions", type=int, default=500)
@@ -408,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="(--mode batch) how long each fixture batch runs")
     parser.add_argument("--poll-s", type=float, default=0.2, help="(--mode batch) batch_poll_s")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--tracing-repeats", type=int, default=3,
+                        help="fresh runs each with traces=true and traces=false (0: skip)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -422,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = run(args.questions, args.concurrency, args.latency_s, args.mix)
     print(report(result))
+    if args.tracing_repeats > 0:
+        result["tracing"] = tracing_overhead(args.questions, args.concurrency, args.latency_s,
+                                             args.tracing_repeats)
+        print(report_tracing(result["tracing"]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     assert result["cached_server_calls"] == 0, result

@@ -214,6 +214,7 @@ class GenerateConfig(_Common):
     regate: bool = False
     dry_run: bool = False
     budget_usd: Optional[float] = None
+    traces: bool = True
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
 
 

@@ -83,6 +83,7 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
         **lineage,
     })
     tracked.log_metrics(mlflow_metrics(scored.metrics))
+    _log_lineage_and_table(cfg, scored, rows, lineage)
     overall = scored.metrics["overall"]
     log.info("%s scorer: accuracy %.4f (%d/%d, %d unparsed) [%.4f, %.4f]", cfg.scorer.name, overall["accuracy"],
              overall["correct"], overall["total"], overall["unparsed"], overall["ci_low"], overall["ci_high"])
@@ -92,6 +93,49 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
 def _replay_name(path: str) -> str:
     p = Path(path)
     return p.name if p.is_file() else f"{p.name}/predictions.jsonl"
+
+
+# The per-item table: what a reader checks first when an accuracy looks odd. Both scorers'
+# columns appear where the predictions carry them.
+PREDICTION_COLUMNS = ("id", "source", "sample", "gold", "extracted", "correct", "unparsed",
+                      "strict_extracted", "strict_correct", "thesis_head", "thesis_tail", "thesis_correct",
+                      "head", "tail", "finish_reason", "output")
+PREDICTIONS_TABLE = "predictions_table.json"
+
+
+def benchmark_origin(cfg: DictConfig) -> tuple[str, str, bool]:
+    """(dataset name, where the items came from, whether that is a hub id)."""
+    if cfg.inference.backend == "replay":
+        return f"replay:{Path(cfg.inference.path).name}", str(cfg.inference.path), False
+    b = cfg.benchmark
+    if b.get("path"):
+        return b.name, str(b.path), False
+    if b.get("dir"):
+        return b.name, str(b.dir), False
+    if b.name == "sample":
+        from fgrft.data import bundled_path
+        from fgrft.data.benchmarks import SAMPLE_FILE
+
+        return b.name, str(bundled_path(SAMPLE_FILE)), False
+    if b.get("hub_id"):
+        return b.name, str(b.hub_id), True
+    return b.name, f"benchmark={b.name}", False
+
+
+def _log_lineage_and_table(cfg: DictConfig, scored: Any, rows: list[dict[str, Any]],
+                           lineage: dict[str, Any]) -> None:
+    from fgrft.mlflow_lineage import EVAL, checkpoint_model_id, link_model, log_dataset, log_table
+
+    first = [p for p in scored.predictions if p.sample == 0]
+    ids = [p.id for p in first]
+    name, origin, hub = benchmark_origin(cfg)
+    ds = log_dataset(name, origin, items_hash(ids), ids, EVAL, sources=[p.source for p in first], hub=hub)
+    model_id = checkpoint_model_id(lineage.get("train_run_id"))
+    if model_id is not None:
+        link_model(model_id, mlflow_metrics(scored.metrics), ds)
+    table = [{**row, "gold": row.get("answer_idx"), "unparsed": row.get("extracted") is None} for row in rows]
+    columns = [c for c in PREDICTION_COLUMNS if c in table[0]] if table else list(PREDICTION_COLUMNS)
+    log_table(table, columns, PREDICTIONS_TABLE)
 
 
 def _question(question: str, options: dict[str, str]) -> Question:

@@ -8,7 +8,8 @@
                 under ``paths.cache`` and a ledger (``budget_usd``), showing progress
     4. write    records.jsonl, traces.jsonl and summary.json (always all three, even when
                 nothing was kept) plus questions.jsonl (every question's outcome); summary
-                counts and cost to MLflow
+                counts and cost to MLflow, with the source questions and the records as inputs,
+                a table row and (``traces=true``) a trace per question (fgrft.pipeline.traces)
 
 Re-running the same command resumes: every call answered before (also by a run killed with
 ``kill -9``) is a free cache hit, so only unfinished calls are paid for. A spent budget stops
@@ -27,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,6 +42,7 @@ from fgrft.pipeline.guards import REASONS
 from fgrft.pipeline.progress import Progress
 from fgrft.pipeline.prompts import PromptSet, load_prompts
 from fgrft.pipeline.run import Fallback, Outcome, Pipeline, RunSettings
+from fgrft.pipeline.traces import QuestionViews
 from fgrft.pipeline.steps import STEPS
 from fgrft.records import Question, write_jsonl
 from fgrft.tracking import TrackedRun
@@ -77,14 +79,25 @@ def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     selection = select_questions(cfg, benchmarks)
     tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
                         "source_origin": selection.origin})
+    _log_source(cfg, selection)
     ledger = Ledger(load_prices(), Budget.from_setting(cfg.budget_usd))
-    outcomes, stopped, fatal, batches = _execute(cfg, tracked, prompts, selection, ledger, sampling)
+    views = QuestionViews(cfg.traces, tracked.run_id, ledger.prices,
+                          {q.id: q for q in selection.questions})
+    try:
+        outcomes, stopped, fatal, batches = _execute(cfg, tracked, prompts, selection, ledger, sampling,
+                                                     views)
+        for outcome in selection.contaminated:
+            views.finished(outcome)
+    finally:
+        views.close()
     outcomes = selection.contaminated + outcomes
     summary = build_summary(outcomes, selection, ledger, time.monotonic() - started, stopped)
     if batches is not None:
         summary["batches"] = batches
     _write(run_dir, outcomes, summary)
     tracked.log_metrics(summary_metrics(summary))
+    views.log_table(outcomes)
+    _log_records(cfg, run_dir, outcomes)
     log.info("kept %d of %d questions; dropped %s; %d calls, %d cache hits, $%.4f",
              summary["kept"], summary["questions"], summary["dropped"] or "none",
              summary["calls"], summary["cache_hits"], summary["cost_usd"])
@@ -205,36 +218,41 @@ def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet,
 
 
 class _TraceFile:
-    """traces.jsonl, one line per call attempt of this invocation (cached or not)."""
+    """traces.jsonl, one line per call attempt of this invocation (cached or not); each event
+    also goes to ``also`` (the step log the MLflow traces are built from)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, also: Callable[[TraceEvent], None] | None = None):
         # Line-buffered: a killed run leaves whole lines, and `tail -f` shows calls as they end.
         self.f = open(path, "w", encoding="utf-8", buffering=1)
+        self.also = also
 
     def __call__(self, event: TraceEvent) -> None:
         self.f.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+        if self.also is not None:
+            self.also(event)
 
     def close(self) -> None:
         self.f.close()
 
 
 def _execute(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet, selection: Selection,
-             ledger: Ledger, sampling: dict[str, dict[str, Any]]
+             ledger: Ledger, sampling: dict[str, dict[str, Any]], views: QuestionViews
              ) -> tuple[list[Outcome], str | None, Exception | None, dict | None]:
     run_dir = tracked.job.run_dir
-    traces = _TraceFile(run_dir / "traces.jsonl")
+    traces = _TraceFile(run_dir / "traces.jsonl", views.on_event)
     cache = SqliteResponseCache.in_dir(cfg.paths.cache)
     try:
         if not selection.questions:
             return [], None, None, None
         with open_backends(cfg, run_dir) as backends:
             tracked.log_params({f"model.{r}": backends.endpoints[r].model for r in ROLES})
+            views.steps.local_models = {e.model for e in backends.endpoints.values() if e.kind != "openai"}
             settings = RunSettings(
                 max_tokens={r: int(backends.settings[r]["max_output_tokens"]) for r in ROLES},
                 sampling=sampling,
                 max_revisions=cfg.max_revisions, regate=cfg.regate, run_id=tracked.run_id)
             outcomes, fatal, batches = asyncio.run(_run(selection.questions, prompts, settings,
-                                                        backends, cache, traces, ledger))
+                                                        backends, cache, traces, ledger, views))
     finally:
         traces.close()
         cache.close()
@@ -263,20 +281,26 @@ def step_sampling(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
-async def _run(questions, prompts, settings, backends, cache, traces, ledger):
+async def _run(questions, prompts, settings, backends, cache, traces, ledger, views):
     async with Engine(cache=cache, trace=traces, ledger=ledger) as engine:
-        endpoints = {r: engine.endpoint(backends.endpoints[r]) for r in ROLES}
+        # Recording endpoints: each step call's timing, input and output, for the traces.
+        endpoints = {r: views.steps.wrap(engine.endpoint(backends.endpoints[r])) for r in ROLES}
         fallback = None
         if backends.fallback is not None:
-            fallback = Fallback(engine.endpoint(backends.fallback), backends.fallback_temperature,
-                                backends.after_failures)
+            fallback = Fallback(views.steps.wrap(engine.endpoint(backends.fallback)),
+                                backends.fallback_temperature, backends.after_failures)
         for lane_key, client in backends.batch_clients.items():
             engine.batcher.use_client(lane_key, client)
         pipeline = Pipeline(endpoints, prompts, settings, fallback)
         slots = sum(lane.concurrency for lane in engine.lanes.values())
         progress = Progress(len(questions), ledger)
+
+        def finished(outcome: Outcome) -> None:
+            progress.finished(outcome)
+            views.finished(outcome)
+
         outcomes = await progress.run_while(
-            pipeline.run_all(questions, window=WINDOW_PER_SLOT * slots, on_outcome=progress.finished))
+            pipeline.run_all(questions, window=WINDOW_PER_SLOT * slots, on_outcome=finished))
         # mode=batch: rounds, batches and rows submitted (and resubmitted) by this invocation.
         batches = engine.batcher.stats.to_dict() if engine.batcher is not None else None
         return outcomes, pipeline.fatal, batches
@@ -332,6 +356,34 @@ def _write(run_dir: Path, outcomes: list[Outcome], summary: dict[str, Any]) -> N
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(run_dir / "summary.json")
+
+
+def _log_source(cfg: DictConfig, selection: Selection) -> None:
+    """The source questions this run works on, as its MLflow input (context ``source``)."""
+    from fgrft.data import bundled_path
+    from fgrft.mlflow_lineage import SOURCE, log_dataset
+
+    src = cfg.source
+    if src.get("path"):
+        origin, hub = str(src.path), False
+    elif src.get("hub_id"):
+        origin, hub = str(src.hub_id), True
+    elif src.name == "sample":
+        origin, hub = str(bundled_path("source_sample.json")), False
+    else:
+        origin, hub = selection.origin, False
+    ids = [q.id for q in selection.questions]
+    log_dataset(src.name, origin, _items_hash(ids), ids, SOURCE, sources=[q.source for q in selection.questions],
+                hub=hub)
+
+
+def _log_records(cfg: DictConfig, run_dir: Path, outcomes: list[Outcome]) -> None:
+    """The kept records this run wrote, as an MLflow input in context ``records``."""
+    from fgrft.mlflow_lineage import RECORDS, log_dataset
+
+    path = run_dir / "records.jsonl"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    log_dataset(f"{cfg.source.name} records", str(path), digest, [o.id for o in outcomes if o.kept], RECORDS)
 
 
 def _items_hash(ids: list[str]) -> str:

@@ -35,6 +35,25 @@ def _two_lines(comparison: str) -> str:
 
 
 TOY_TITLE = "TOY SCALE: the embedded model under thesis labels, numbers mean nothing\n"
+# Average character width of the title font, in font sizes (DejaVu Sans runs about 0.55-0.6).
+_CHAR_WIDTH = 0.6
+
+
+def fit_title(text: str, fig_width_in: float, fontsize: float) -> str:
+    """``text`` wrapped to the figure's width, so a narrow figure never clips its title."""
+    per_line = max(20, int(fig_width_in * 72 / (fontsize * _CHAR_WIDTH)))
+    return "\n".join(textwrap.fill(line, per_line) if line else line for line in text.split("\n"))
+
+
+def items_note(counts: dict[str, int]) -> str:
+    """How many items were scored: one number when every benchmark column has the same count."""
+    counts = {c: n for c, n in counts.items() if c != "avg" and n}
+    if not counts:
+        return ""
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return f"{n} items" + (f" per column ({len(counts)} columns)" if len(counts) > 1 else "")
+    return "items: " + ", ".join(f"{c} {n}" for c, n in counts.items())
 
 
 def _title_color(scale: str) -> str:
@@ -81,7 +100,10 @@ def accuracy_plot(key: TableKey, rows: list[Row], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3, zorder=0)
     toy = TOY_TITLE if key.scale == "toy" else ""
-    fig.suptitle(f"{toy}Accuracy with 95% CI — {key.title}", fontsize=11, color=_title_color(key.scale))
+    counts = {c: max((r.cells[c].items or r.cells[c].total or 0) for r in rows if c in r.cells) for c in columns}
+    note = items_note(counts)
+    title = f"{toy}Accuracy with 95% CI — {key.title}" + (f" — {note}" if note else "")
+    fig.suptitle(fit_title(title, fig_w, 11), fontsize=11, color=_title_color(key.scale))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -112,8 +134,9 @@ def paired_plot(scale: str, scorer: str, results: list[PairedResult], path: Path
     cells = {(name(r), r.column): r for r in results}
     extent = max(max(abs(r.ci_low), abs(r.ci_high)) for r in results) * 100
     limit = max(2.0, math.ceil(extent * 1.15))
+    fig_w = 3.4 + 2.3 * len(columns)
     fig, axes = plt.subplots(1, len(columns), sharey=True, squeeze=False,
-                             figsize=(3.4 + 2.3 * len(columns), 1.3 + 0.55 * len(comparisons)))
+                             figsize=(fig_w, 1.3 + 0.55 * len(comparisons)))
     ys = {c: len(comparisons) - 1 - i for i, c in enumerate(comparisons)}
     for ax, column in zip(axes[0], columns):
         for comparison, y in ys.items():
@@ -135,8 +158,10 @@ def paired_plot(scale: str, scorer: str, results: list[PairedResult], path: Path
         ax.set_xlabel("A − B (pp)", fontsize=9)
     axes[0][0].set_yticks(list(ys.values()), [_two_lines(c) for c in ys], fontsize=8)
     toy = TOY_TITLE if scale == "toy" else ""
-    fig.suptitle(f"{toy}Paired differences with 95% bootstrap CI — scale {scale}, scorer {scorer} "
-                 f"(blue: McNemar p < 0.05)", fontsize=10, color=_title_color(scale))
+    note = items_note({c: max(r.n_items for r in results if r.column == c) for c in columns})
+    title = (f"{toy}Paired differences with 95% bootstrap CI — scale {scale}, scorer {scorer}"
+             + (f", {note}" if note else "") + " (blue: McNemar p < 0.05)")
+    fig.suptitle(fit_title(title, fig_w, 10), fontsize=10, color=_title_color(scale))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

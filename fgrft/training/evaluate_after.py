@@ -24,7 +24,8 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dic
 
     from fgrft.config import validate
     from fgrft.evaluation.job import run_evaluation
-    from fgrft.tracking import RUN_ID_FILE, JobInfo, TrackedRun, config_params
+    from fgrft.run_names import run_name
+    from fgrft.tracking import NOTE_TAG, RUN_ID_FILE, JobInfo, TrackedRun, config_params
 
     container = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                  for k in _KEYS}
@@ -38,12 +39,14 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dic
     previous = id_file.read_text().strip() if id_file.is_file() else None
     # The parent's experiment, named: without it a nested run lands in the active (Default) experiment.
     experiment = parent.info.experiment_id if parent is not None and previous is None else None
-    with mlflow.start_run(run_id=previous, nested=True, run_name=f"{run_dir.name}/evaluate",
-                          experiment_id=experiment) as child:
+    with mlflow.start_run(run_id=previous, nested=True, run_name=run_name("evaluate", eval_cfg),
+                          experiment_id=experiment, log_system_metrics=True) as child:
         id_file.write_text(child.info.run_id)
         tags = mlflow.get_run(parent.info.run_id).data.tags if parent is not None else {}
+        note = f"{tags[NOTE_TAG]}  # evaluate_after=true: this run evaluates its checkpoint" \
+            if NOTE_TAG in tags else ""
         mlflow.set_tags({**{k: tags[k] for k in _INHERITED_TAGS if k in tags}, "stage": "evaluate",
-                         "run_dir": str(eval_dir)})
+                         "run_dir": str(eval_dir), **({NOTE_TAG: note} if note else {})})
         tracked = TrackedRun(run_id=child.info.run_id,
                              job=JobInfo(stage="evaluate", run_dir=eval_dir, sweep_dir=None))
         tracked.log_params(config_params(eval_cfg))

@@ -66,6 +66,7 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
             raise RuntimeError(f"{run_dir} finished training on other data (data_hash {finished.get('data_hash')}, "
                                f"now {prepared.data_hash}); pick another hydra.run.dir to train on this data")
         log.info("this run already finished (%s); remove %s to train again", run_dir / FINAL_DIR, run_dir)
+        _register_checkpoint(cfg, run_dir / FINAL_DIR, tracked)
         return finished
     lineage = {"base_model": prepared.base_model, "data_hash": prepared.data_hash,
                "train_run_id": tracked.run_id}
@@ -73,6 +74,8 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
                         "batching": prepared.batching, "benchmark": cfg.benchmark.name,
                         "world_size": cfg.trainer.num_processes * cfg.trainer.num_machines,
                         **(prepared.ids_matched or {})})
+
+    _log_training_data(cfg, prepared)
 
     claim_checkpoints(run_dir / CHECKPOINTS_DIR, prepared.data_hash)
     # Resolved once here: ranks must not race to remove an incomplete checkpoint.
@@ -92,6 +95,7 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     log.info("trained %d steps on %d examples: final loss %s, padding %.1f%%, %.0f tokens/s; checkpoint %s",
              summary["steps"], summary["examples"], summary["final_loss"], 100 * summary["padding_fraction"],
              summary["tokens_per_s"], run_dir / FINAL_DIR)
+    _register_checkpoint(cfg, run_dir / FINAL_DIR, tracked)
     if cfg.evaluate_after:
         from .evaluate_after import evaluate_checkpoint
 
@@ -99,6 +103,33 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     # Written last: its presence (with checkpoint/) marks the job as done for a re-run.
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _log_training_data(cfg: DictConfig, prepared: Prepared) -> None:
+    from fgrft.data import DATA_OPTIONS, bundled_path
+    from fgrft.mlflow_lineage import TRAINING, log_dataset
+
+    spec = cfg.data
+    option = DATA_OPTIONS.get(spec.name)
+    path = spec.get("path") or (cfg.get("fgrft_records") if spec.get("format") == "fgrft" else None)
+    hub_id = spec.get("hub_id") or (option.hub_id if option else None)
+    if path:
+        origin, hub = str(path), False
+    elif option is not None and option.bundled:
+        origin, hub = str(bundled_path(option.bundled)), False
+    else:
+        origin, hub = hub_id, bool(hub_id)
+    log_dataset(spec.name, origin, prepared.data_hash, [e.record_id for e in prepared.tokenized.examples],
+                TRAINING, hub=hub)
+
+
+def _register_checkpoint(cfg: DictConfig, checkpoint: Path, tracked: TrackedRun) -> None:
+    """The final checkpoint as an MLflow model (external: the weights stay where they are)."""
+    from fgrft.mlflow_lineage import register_checkpoint
+
+    lineage = read_lineage(checkpoint)
+    if lineage is not None:
+        register_checkpoint(checkpoint, f"{cfg.model.name}+{cfg.data.name}", lineage, tracked.run_id)
 
 
 def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, lineage: dict[str, Any], resume: Path | None,
