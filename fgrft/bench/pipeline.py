@@ -252,6 +252,30 @@ def serve(latency_s: float, mix: str) -> None:
     _util_server(latency_s, MixResponder() if mix == "realistic" else StepResponder()).serve_forever()
 
 
+class Workspace:
+    """A fresh directory (new MLflow store, empty cache) holding ``questions`` source questions,
+    where ``generate`` runs the pipeline command as the user would."""
+
+    def __init__(self, root: Path, questions: int):
+        self.root, self.source = root, root / "questions.json"
+        write_questions(self.source, questions)
+        self.env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.env.setdefault("HF_HUB_OFFLINE", "1")
+
+    def generate(self, command: list[str], what: str, timeout: int = 900) -> float:
+        """Run ``command``; its wall time in seconds."""
+        started = time.perf_counter()
+        r = subprocess.run(command, cwd=self.root, env=self.env, capture_output=True, text=True,
+                           timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"{what} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        return time.perf_counter() - started
+
+    def summary_path(self) -> Path:
+        (path,) = list((self.root / "outputs").rglob("summary.json"))
+        return path
+
+
 def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") -> dict:
     out: dict[str, Any] = {"questions": questions, "concurrency": concurrency,
                            "latency_s": latency_s, "mix": mix, "cpus": os.cpu_count()}
@@ -259,19 +283,11 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
                    "--mix", mix]
     with tempfile.TemporaryDirectory(prefix="fgrft-bench-pipeline-") as tmp, \
             ServerProcess(server_args) as server:
-        root = Path(tmp)
-        source = root / "questions.json"
-        write_questions(source, questions)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        command = generate_command(server.base_url, source, concurrency, mix)
-        started = time.perf_counter()
-        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        out["command_wall_s"] = time.perf_counter() - started
-        if r.returncode != 0:
-            raise RuntimeError(f"generate failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        ws = Workspace(Path(tmp), questions)
+        command = generate_command(server.base_url, ws.source, concurrency, mix)
+        out["command_wall_s"] = ws.generate(command, "generate")
         stats = server.stats()
-        (summary_path,) = list((root / "outputs").rglob("summary.json"))
+        summary_path = ws.summary_path()
         summary = json.loads(summary_path.read_text())
         traces = [json.loads(line) for line in (summary_path.parent / "traces.jsonl").open()]
         chains = Counter(t["id"] for t in traces if not t["cached"])
@@ -286,12 +302,9 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
         out["utilisation_before_drain"], out["utilisation_drain"] = _split_utilisation(
             stats["timeline"], drain_s, concurrency)
 
-        started = time.perf_counter()
-        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise RuntimeError(f"cached re-run failed:\n{r.stderr[-3000:]}")
+        rerun_s = ws.generate(command, "cached re-run")
         again = json.loads(summary_path.read_text())
-        out.update(cached_rerun_wall_s=time.perf_counter() - started,
+        out.update(cached_rerun_wall_s=rerun_s,
                    cached_server_calls=server.stats()["total"] - stats["total"],
                    cached_hits=again["cache_hits"], cached_kept=again["kept"])
 
@@ -325,33 +338,22 @@ def run_batch(questions: int, mix: str, delay_s: float, poll_s: float) -> dict:
                    "--expire-first", str(expire_first), "--fail-rows", "7"]
     with tempfile.TemporaryDirectory(prefix="fgrft-bench-batch-") as tmp, \
             ServerProcess(server_args) as server:
-        root = Path(tmp)
-        source = root / "questions.json"
-        write_questions(source, questions)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        command = generate_command(server.base_url, source, 64, mix) + [
+        ws = Workspace(Path(tmp), questions)
+        command = generate_command(server.base_url, ws.source, 64, mix) + [
             "generator.mode=batch", "verifier.mode=batch",
             f"generator.batch_poll_s={poll_s}", f"verifier.batch_poll_s={poll_s}"]
-        started = time.perf_counter()
-        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
-        out["command_wall_s"] = time.perf_counter() - started
-        if r.returncode != 0:
-            raise RuntimeError(f"generate failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        out["command_wall_s"] = ws.generate(command, "generate", timeout=1800)
         stats = server.stats()
-        (summary_path,) = list((root / "outputs").rglob("summary.json"))
+        summary_path = ws.summary_path()
         summary = json.loads(summary_path.read_text())
         out.update(kept=summary["kept"], dropped=summary["dropped"], generate_wall_s=summary["wall_s"],
                    outcomes=summary["kept"] + sum(summary["dropped"].values()),
                    batches=summary["batches"], server=stats, sync_calls=stats["total"],
                    revised=summary["revised"], fallbacks=summary["fallbacks"],
                    cost_usd=summary["cost_usd"])
-        started = time.perf_counter()
-        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        if r.returncode != 0:
-            raise RuntimeError(f"re-run failed:\n{r.stderr[-3000:]}")
+        rerun_s = ws.generate(command, "re-run")
         again = json.loads(summary_path.read_text())
-        out.update(rerun_wall_s=time.perf_counter() - started,
+        out.update(rerun_wall_s=rerun_s,
                    rerun_new_batches=server.stats()["creates"] - stats["creates"],
                    rerun_cache_hits=again["cache_hits"], rerun_kept=again["kept"])
     b = out["batches"]
@@ -404,17 +406,9 @@ def traced_span(questions: int, concurrency: int, latency_s: float, traces: bool
     """One fresh run (empty cache, new store) with ``traces=true|false``: server span, command wall."""
     with tempfile.TemporaryDirectory(prefix="fgrft-bench-traces-") as tmp, \
             ServerProcess(["-m", "fgrft.bench.pipeline", "--serve", "--latency-s", str(latency_s)]) as server:
-        root = Path(tmp)
-        source = root / "questions.json"
-        write_questions(source, questions)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        command = [*generate_command(server.base_url, source, concurrency), f"traces={str(traces).lower()}"]
-        started = time.perf_counter()
-        r = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        wall = time.perf_counter() - started
-        if r.returncode != 0:
-            raise RuntimeError(f"generate traces={traces} failed:\n{r.stderr[-3000:]}")
+        ws = Workspace(Path(tmp), questions)
+        command = [*generate_command(server.base_url, ws.source, concurrency), f"traces={str(traces).lower()}"]
+        wall = ws.generate(command, f"generate traces={traces}")
         return {"span_s": server.stats()["span_s"], "command_wall_s": wall}
 
 
