@@ -2,7 +2,9 @@
 
 Three families, because callers must react differently:
 
-* :class:`ConfigError`     bad endpoint settings or schema; raised before any call is made.
+* :class:`ConfigError`     bad endpoint settings or schema; raised before any call is made
+                           (:class:`fgrft.errors.ConfigError`, the same class the config
+                           schema raises).
 * :class:`FatalAPIError`   the server refused the request itself (400/401/403/404/422, a quota
                            that will not come back, ...): retrying cannot help and the run stops.
   :class:`RunStoppedError` raised by every later call of an engine that saw a fatal error.
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Iterable
+
+from fgrft.errors import ConfigError  # one definition, shared with the config schema
 
 if TYPE_CHECKING:  # pragma: no cover
     from fgrft.llm.engine import CallResult
@@ -41,10 +45,6 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 class LLMError(Exception):
     """Base class of every error raised by :mod:`fgrft.llm`."""
-
-
-class ConfigError(LLMError, ValueError):
-    """Endpoint settings, sampling or schema that cannot work; raised before spending anything."""
 
 
 class EndpointError(LLMError):
