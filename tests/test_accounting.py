@@ -9,7 +9,7 @@ from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig
                        PlannedCall, PriceTable, RetryPolicy, RunStoppedError, SqliteResponseCache,
                        Usage, estimate, load_prices)
 from fgrft.llm.accounting import default_prices_path
-from fgrft.testing.fault_server import FaultServer, reply_json
+from tests.support.fault_server import FaultServer, reply_json
 
 FAST = RetryPolicy(max_retries=2, base_delay_s=0.005, max_delay_s=0.01)
 # Every answer reports 1,000 prompt and 1,000 completion tokens: $0.0125 on gpt-4o.

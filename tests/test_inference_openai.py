@@ -15,7 +15,7 @@ from fgrft.inference.openai import (call_sampling, endpoint_config, estimate_ope
 from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, request_seed
 from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
                        FatalAPIError, Ledger, OutputError, load_prices)
-from fgrft.testing.fault_server import (FaultServer, error, length, null_content, refusal, reply)
+from tests.support.fault_server import (FaultServer, error, length, null_content, refusal, reply)
 
 SAMPLING = Sampling(temperature=0.5, top_p=0.9, max_new_tokens=64)
 
@@ -191,7 +191,7 @@ def test_dry_run_estimates_offline_and_leaves_out_cached_answers(server, tmp_pat
 
 
 def test_inference_mode_batch_sends_every_item_in_one_round_and_shares_the_cache_with_sync(tmp_path):
-    from fgrft.testing.batch_server import BatchScript, BatchServer
+    from tests.support.batch_server import BatchScript, BatchServer
 
     with BatchServer(responder=answer_with_prompt, models=("served-model",)) as batch_server:
         batch_server.script(BatchScript(expire_after=4))

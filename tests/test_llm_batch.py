@@ -11,7 +11,7 @@ import pytest
 from fgrft.llm import (Budget, BudgetExhaustedError, EndpointConfig, Engine, Ledger,
                        SqliteResponseCache)
 from fgrft.llm.batch import BatchFailedError
-from fgrft.testing.batch_server import BatchScript, BatchServer
+from tests.support.batch_server import BatchScript, BatchServer
 
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string", "maxLength": 400}},
           "required": ["echo"], "additionalProperties": False}
@@ -208,7 +208,7 @@ def test_batch_settings_are_checked_before_anything_starts():
 
 
 def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tmp_path):
-    from fgrft.bench.pipeline import StepResponder
+    from tests.support.step_responder import StepResponder
     from fgrft.data import load_source
     from fgrft.pipeline.prompts import load_prompts
     from fgrft.pipeline.run import Pipeline, RunSettings

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fgrft.bench.pipeline import StepResponder, step_of
+from tests.support.step_responder import StepResponder, step_of
 from fgrft.data import load_source
 from fgrft.llm import EndpointConfig, Engine, Ledger, RetryPolicy
 from fgrft.pipeline.prompts import load_prompts
 from fgrft.pipeline.run import Fallback, Pipeline, RunSettings
-from fgrft.testing.fault_server import error, length, refusal, truncated
+from tests.support.fault_server import error, length, refusal, truncated
 
 PROMPTS = load_prompts("fgrft_plus")
 QUESTIONS = load_source({"name": "sample"}).questions

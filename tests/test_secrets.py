@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 import fgrft.secrets
 from fgrft.llm import EndpointConfig, Engine, FatalAPIError, RetryPolicy
 from fgrft.secrets import MASK, RedactingFilter, redact, register_secret_envs
-from fgrft.testing.fault_server import error
+from tests.support.fault_server import error
 from fgrft.tracking import JobInfo, TrackedRun, _write_config
 
 # Not key-shaped, and its variable's name has no secret suffix: only api_key_env names it.
