@@ -138,11 +138,12 @@ async def raw_client(base_url: str, calls: int, concurrency: int) -> float:
 async def engine_run(base_url: str, calls: int, concurrency: int, cache_dir: Path,
                      plain: bool, client: str = "lean") -> tuple[float, dict]:
     """All calls through a fresh engine over the cache in ``cache_dir``; (wall s, counters)."""
-    from fgrft.llm import EndpointConfig, Engine, Ledger, SqliteResponseCache
+    from fgrft.config import PRICES_FILE
+    from fgrft.llm import EndpointConfig, Engine, Ledger, SqliteResponseCache, load_prices
     from fgrft.llm.engine import default_client, sdk_client
 
     cache = SqliteResponseCache.in_dir(cache_dir)
-    ledger = Ledger()
+    ledger = Ledger(load_prices(PRICES_FILE))
     cfg = EndpointConfig(base_url=base_url, model=MODEL, kind="vllm", concurrency=concurrency,
                          timeout_s=60.0, name="bench")
     try:
