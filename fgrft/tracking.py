@@ -1,4 +1,4 @@
-"""MLflow tracking: one run per Hydra job, a parent run per multirun, redaction.
+"""MLflow tracking: one run per Hydra job, a parent run per multirun, secrets kept out.
 
 * The store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db`` with
   artifacts under ``<root>/mlruns``; it is created once under a file lock so

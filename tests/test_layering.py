@@ -94,3 +94,11 @@ def test_a_violation_inside_a_function_or_by_relative_import_is_found(tmp_path):
         "fgrft/llm/rel.py imports fgrft.config",
         "fgrft/llm/rel.py imports fgrft.config.PRICES_FILE",
     ]
+
+
+def test_the_api_engine_imports_only_errors_and_secrets_from_the_rest_of_fgrft():
+    allowed = ("fgrft.llm", "fgrft.errors", "fgrft.secrets")
+    outside = sorted({n for names in modules("fgrft/llm").values() for n in names
+                      if (n == "fgrft" or n.startswith("fgrft."))
+                      and not any(n == a or n.startswith(a + ".") for a in allowed)})
+    assert outside == []
