@@ -26,13 +26,12 @@ from fgrft.inference.requests import (
     request_key,
     request_seed,
 )
-from fgrft.records import Prediction, Question, write_jsonl
+from fgrft.records import LINEAGE_FILE, Prediction, Question, write_jsonl
 from fgrft.scoring import mlflow_metrics, score_predictions
 from fgrft.tracking import TrackedRun
 
 log = logging.getLogger(__name__)
 
-LINEAGE_FILE = "fgrft.json"
 LINEAGE_KEYS = ("base_model", "data_hash", "train_run_id")
 
 
