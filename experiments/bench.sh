@@ -5,16 +5,16 @@ set -uo pipefail
 PY=${PY:-.venv/bin/python}
 status=0
 for mod in $($PY - <<'PY'
-import pkgutil, fgrft.bench as b
+import pkgutil, benchmarks as b
 print(" ".join(m.name for m in pkgutil.iter_modules(b.__path__) if not m.name.startswith("_")))
 PY
 ); do
-  echo "== python -m fgrft.bench.$mod"
-  $PY -m fgrft.bench.$mod || status=$?
+  echo "== python -m benchmarks.$mod"
+  $PY -m benchmarks.$mod || status=$?
 done
 # The Stage 1 pipeline's other variants: chains that end early, revise or fall back; batch mode.
 for args in "--mix realistic" "--mode batch --mix realistic"; do
-  echo "== python -m fgrft.bench.pipeline $args"
-  $PY -m fgrft.bench.pipeline $args || status=$?
+  echo "== python -m benchmarks.pipeline $args"
+  $PY -m benchmarks.pipeline $args || status=$?
 done
 exit $status

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 SCHEMA_VERSION = 1
+# A fine-tuned checkpoint's lineage (its training run, data, base model), written by
+# fgrft.training.lineage into the checkpoint and copied beside an evaluation's predictions.
+LINEAGE_FILE = "fgrft.json"
 LETTERS = "ABCDEFGHIJKLMN"
 # The thesis prompt asks with exactly this line before the question.
 QUESTION_PREAMBLE = "Please answer the following multiple-choice question:"

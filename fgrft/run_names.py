@@ -23,9 +23,10 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
+from fgrft.records import LINEAGE_FILE
+
 log = logging.getLogger(__name__)
 
-CHECKPOINT_LINEAGE_FILE = "fgrft.json"  # written by fgrft.training.lineage
 # Hydra adds these itself in a multirun; they are not part of what the user typed.
 _HYDRA_INTERNAL = ("hydra.mode=", "hydra.job.num=", "hydra.job.id=")
 
@@ -40,7 +41,7 @@ def checkpoint_lineage(model_path: str | None) -> dict[str, Any]:
     if not model_path:
         return {}
     try:
-        return json.loads((Path(model_path) / CHECKPOINT_LINEAGE_FILE).read_text())
+        return json.loads((Path(model_path) / LINEAGE_FILE).read_text())
     except (OSError, ValueError):
         return {}
 

@@ -1,4 +1,4 @@
-"""MLflow tracking: one run per Hydra job, a parent run per multirun, redaction.
+"""MLflow tracking: one run per Hydra job, a parent run per multirun, secrets kept out.
 
 * The store is ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db`` with
   artifacts under ``<root>/mlruns``; it is created once under a file lock so
@@ -7,9 +7,8 @@
   the same command reattaches to that run instead of opening a second one.
 * A multirun opens a parent run (id kept in the sweep directory); each job is a
   nested child. Every run carries the tags of CONTRACTS.md.
-* Secrets (values of env vars named by ``api_key_env`` keys, and of any
-  ``*_API_KEY``, ``*_TOKEN``, ``*_SECRET`` variable) are redacted from params,
-  tags, logged files and log records.
+* Secrets are masked from params, tags, logged files and log records by the
+  one rule of :mod:`fgrft.secrets`.
 * :func:`run_stage` is the task wrapper every entrypoint uses: it always closes
   the run, as FAILED when the job raised, and lets a sweep go on.
 """
@@ -37,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgrft.config.resolvers import short_hash
 from fgrft.run_names import command_line, run_name, sweep_name
+from fgrft.secrets import redact, redact_obj, register_secret_envs
 
 log = logging.getLogger(__name__)
 
@@ -45,74 +45,11 @@ PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
 # Subprocesses (training ranks, engines) attach to the job's run through these.
 ENV_RUN_ID = "FGRFT_MLFLOW_RUN_ID"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
-SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET")
-REDACTED = "***REDACTED***"
 # The run's description in the MLflow UI: the command that reproduces the run.
 NOTE_TAG = "mlflow.note.content"
 SYSTEM_METRICS_STAGES = ("train", "evaluate")
 # MLflow rejects longer param values.
 _MAX_PARAM_LEN = 6000
-
-
-# --------------------------------------------------------------------------- secrets
-def _api_key_env_names(node: Any) -> set[str]:
-    names: set[str] = set()
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            if k == "api_key_env" and isinstance(v, str) and v:
-                names.add(v)
-            else:
-                names |= _api_key_env_names(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            names |= _api_key_env_names(v)
-    return names
-
-
-_extra_secret_envs: set[str] = set()
-
-
-def register_secret_envs(cfg: DictConfig | Mapping | None) -> None:
-    """Remember which env vars the config names as API keys, for redaction."""
-    if cfg is None:
-        return
-    container = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    _extra_secret_envs.update(_api_key_env_names(container))
-
-
-def secret_values() -> list[str]:
-    names = set(_extra_secret_envs)
-    names |= {k for k in os.environ if k.upper().endswith(SECRET_SUFFIXES)}
-    values = {os.environ[n] for n in names if os.environ.get(n)}
-    # Very short values would redact ordinary words; keys are never that short.
-    return sorted((v for v in values if len(v) >= 6), key=len, reverse=True)
-
-
-def redact(text: str) -> str:
-    for value in secret_values():
-        text = text.replace(value, REDACTED)
-    return text
-
-
-def redact_obj(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, Mapping):
-        return {k: redact_obj(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
-    return obj
-
-
-class RedactingFilter(logging.Filter):
-    """Logging filter that strips secret values from every record it passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
 
 
 # --------------------------------------------------------------------------- store

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fgrft.testing.fault_server import FaultServer
+from tests.support.fault_server import FaultServer
 
 # Distinctive enough that finding it anywhere (a message, a log line) can only mean a leak.
 TEST_KEY_ENV = "FGRFT_TEST_API_KEY"

@@ -8,8 +8,8 @@ import pytest
 from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine, Ledger,
                        PlannedCall, PriceTable, RetryPolicy, RunStoppedError, SqliteResponseCache,
                        Usage, estimate, load_prices)
-from fgrft.llm.accounting import default_prices_path
-from fgrft.testing.fault_server import FaultServer, reply_json
+from fgrft.config import PRICES_FILE
+from tests.support.fault_server import FaultServer, reply_json
 
 FAST = RetryPolicy(max_retries=2, base_delay_s=0.005, max_delay_s=0.01)
 # Every answer reports 1,000 prompt and 1,000 completion tokens: $0.0125 on gpt-4o.
@@ -20,14 +20,14 @@ CALL_USD = 0.0125
 
 @pytest.fixture(scope="module")
 def prices():
-    return load_prices()
+    return load_prices(PRICES_FILE)
 
 
 # ----------------------------------------------------------------------------- the price table
 
 
 def test_the_price_table_is_versioned_and_covers_the_project_models(prices):
-    assert default_prices_path().name == "prices.yaml"
+    assert PRICES_FILE.name == "prices.yaml"
     assert prices.version >= 1 and len(prices.as_of) == 10
     for model in ("gpt-4o", "gpt-4o-mini", "gpt-5", "gpt-5-mini", "o3"):
         price = prices.lookup(model)

@@ -1,9 +1,9 @@
-"""`python -m fgrft.bench.scoring --labels FILE`: the strict scorer against hand labels."""
+"""`python -m benchmarks.scoring --labels FILE`: the strict scorer against hand labels."""
 import json
 
 import pytest
 
-from fgrft.bench.scoring import label_agreement, load_labels, print_label_table
+from benchmarks.scoring import label_agreement, load_labels, print_label_table
 
 OPTIONS = {"A": "Gloves", "B": "Face shield", "C": "Gown", "D": "Mask"}
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fgrft.testing.fault_server import reply
+from tests.support.fault_server import reply
 
 
 def evaluate(cwd: Path, *args: str) -> subprocess.CompletedProcess:

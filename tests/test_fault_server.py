@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-from fgrft.testing.fault_server import (FaultServer, bad_body, drop, error, hang, length,
+from tests.support.fault_server import (FaultServer, bad_body, drop, error, hang, length,
                                         null_content, rate_limit, refusal, reply_json,
                                         server_error, truncated)
 
@@ -171,7 +171,7 @@ def test_error_helper_and_reset(fault_server):
 
 
 def test_command_line_mode_serves_until_terminated():
-    proc = subprocess.Popen([sys.executable, "-m", "fgrft.testing.fault_server", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.fault_server", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().strip()

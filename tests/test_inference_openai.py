@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 from fgrft.inference.openai import (call_sampling, endpoint_config, estimate_openai,
                                     evaluation_cache_scope, generate_openai)
 from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, request_seed
+from fgrft.config import PRICES_FILE
 from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
                        FatalAPIError, Ledger, OutputError, load_prices)
-from fgrft.testing.fault_server import (FaultServer, error, length, null_content, refusal, reply)
+from tests.support.fault_server import (FaultServer, error, length, null_content, refusal, reply)
 
 SAMPLING = Sampling(temperature=0.5, top_p=0.9, max_new_tokens=64)
 
@@ -48,7 +49,7 @@ def test_completions_are_written_with_the_request_seed_and_sampling(server, tmp_
     requests = make_requests(6)
     sink = CompletionSink(tmp_path / "run" / "completions.partial.jsonl")
     sink.path.parent.mkdir()
-    ledger = Ledger(load_prices())
+    ledger = Ledger(load_prices(PRICES_FILE))
     generate_openai(inference_cfg(server), requests, SAMPLING, sink, tmp_path / "cache", ledger=ledger)
 
     done = sink.done()
@@ -133,7 +134,7 @@ def test_a_resumed_run_requests_only_what_is_missing(tmp_path, monkeypatch):
         assert resent == {r.messages[0]["content"] for r in pending} and server.total == 10
 
         sink.path.unlink()  # the sink is lost; every answer is still in the cache
-        ledger = Ledger(load_prices())
+        ledger = Ledger(load_prices(PRICES_FILE))
         generate_openai(cfg, requests, SAMPLING, sink, tmp_path, ledger=ledger)
         assert len(sink.done()) == 10 and server.total == 10
         assert (ledger.cache_hits, ledger.calls, ledger.cost_usd) == (10, 0, 0)
@@ -191,7 +192,7 @@ def test_dry_run_estimates_offline_and_leaves_out_cached_answers(server, tmp_pat
 
 
 def test_inference_mode_batch_sends_every_item_in_one_round_and_shares_the_cache_with_sync(tmp_path):
-    from fgrft.testing.batch_server import BatchScript, BatchServer
+    from tests.support.batch_server import BatchScript, BatchServer
 
     with BatchServer(responder=answer_with_prompt, models=("served-model",)) as batch_server:
         batch_server.script(BatchScript(expire_after=4))
@@ -199,7 +200,7 @@ def test_inference_mode_batch_sends_every_item_in_one_round_and_shares_the_cache
         cfg = inference_cfg(batch_server, mode="batch", batch_poll_s=0.02)
         sink = CompletionSink(tmp_path / "run" / "completions.partial.jsonl")
         sink.path.parent.mkdir()
-        ledger = Ledger(load_prices())
+        ledger = Ledger(load_prices(PRICES_FILE))
         generate_openai(cfg, requests, SAMPLING, sink, tmp_path / "cache", ledger=ledger)
         done = sink.done()
         assert set(done) == {r.key for r in requests} and batch_server.total == 0

@@ -8,10 +8,11 @@ import logging
 
 import pytest
 
+from fgrft.config import PRICES_FILE
 from fgrft.llm import (Budget, BudgetExhaustedError, EndpointConfig, Engine, Ledger,
-                       SqliteResponseCache)
+                       SqliteResponseCache, load_prices)
 from fgrft.llm.batch import BatchFailedError
-from fgrft.testing.batch_server import BatchScript, BatchServer
+from tests.support.batch_server import BatchScript, BatchServer
 
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string", "maxLength": 400}},
           "required": ["echo"], "additionalProperties": False}
@@ -35,7 +36,7 @@ def ask(server, cache_dir, n=5, *, ledger=None, prefix="q", return_exceptions=Fa
     async def go():
         cache = SqliteResponseCache.in_dir(cache_dir)
         try:
-            async with Engine(cache=cache, ledger=ledger or Ledger()) as engine:
+            async with Engine(cache=cache, ledger=ledger or Ledger(load_prices(PRICES_FILE))) as engine:
                 ep = engine.endpoint(endpoint(server, **kw))
                 if before is not None:
                     before(engine)
@@ -51,7 +52,7 @@ def ask(server, cache_dir, n=5, *, ledger=None, prefix="q", return_exceptions=Fa
 
 
 def test_one_round_one_batch_answers_cached_for_sync_mode_and_charged_at_batch_prices(batch_server, tmp_path):
-    ledger = Ledger()
+    ledger = Ledger(load_prices(PRICES_FILE))
     results, stats = ask(batch_server, tmp_path, 5, ledger=ledger, model="gpt-4o",
                          api_key_env=None)
     assert [r.parsed["echo"] for r in results] == [f"q{i}" for i in range(5)]
@@ -66,7 +67,7 @@ def test_one_round_one_batch_answers_cached_for_sync_mode_and_charged_at_batch_p
     assert tally.cost_usd == pytest.approx(standard / 2)
 
     # The same calls in sync mode are cache hits: nothing sent, nothing paid twice.
-    ledger = Ledger()
+    ledger = Ledger(load_prices(PRICES_FILE))
     results, _ = ask(batch_server, tmp_path, 5, ledger=ledger, mode="sync", model="gpt-4o")
     assert all(r.cached for r in results) and batch_server.total == 0
     assert (ledger.calls, ledger.cache_hits, batch_server.creates) == (0, 5, 1)
@@ -169,7 +170,7 @@ def test_budget_reserves_before_submitting_and_cancels_in_flight_batches_when_sp
     # estimate, which spends the budget: the second, still running, is cancelled.
     batch_server.script(BatchScript(delay_s=0.02, usage_scale=2000),
                         BatchScript(delay_s=30, cancel_s=0.1))
-    ledger = Ledger(budget=Budget(0.002))  # fits the 4 rows' estimate (about $0.0004 each)
+    ledger = Ledger(load_prices(PRICES_FILE), budget=Budget(0.002))  # fits the 4 rows' estimate (about $0.0004 each)
 
     def small_files(engine):
         engine.batcher.max_requests_per_file = 2
@@ -186,7 +187,7 @@ def test_budget_reserves_before_submitting_and_cancels_in_flight_batches_when_sp
 
     # A budget too small for even one row's estimate submits nothing.
     batch_server.batches.clear()
-    results, _ = ask(batch_server, tmp_path, 2, prefix="z", ledger=Ledger(budget=Budget(1e-7)),
+    results, _ = ask(batch_server, tmp_path, 2, prefix="z", ledger=Ledger(load_prices(PRICES_FILE), budget=Budget(1e-7)),
                      model="gpt-4o", return_exceptions=True)
     assert all(isinstance(r, BudgetExhaustedError) for r in results)
     assert not batch_server.batches
@@ -208,7 +209,7 @@ def test_batch_settings_are_checked_before_anything_starts():
 
 
 def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tmp_path):
-    from fgrft.bench.pipeline import StepResponder
+    from tests.support.step_responder import StepResponder
     from fgrft.data import load_source
     from fgrft.pipeline.prompts import load_prompts
     from fgrft.pipeline.run import Pipeline, RunSettings
@@ -218,7 +219,7 @@ def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tm
     async def go(server):
         cache = SqliteResponseCache.in_dir(tmp_path)
         try:
-            async with Engine(cache=cache, ledger=Ledger()) as engine:
+            async with Engine(cache=cache, ledger=Ledger(load_prices(PRICES_FILE))) as engine:
                 gen = engine.endpoint(endpoint(server, model="gen-model", name="generator"))
                 ver = engine.endpoint(endpoint(server, model="ver-model", name="verifier",
                                                batch_max_tries=1))

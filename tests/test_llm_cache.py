@@ -21,7 +21,7 @@ import pytest
 
 from fgrft.llm import EndpointConfig, Engine, RetryPolicy, Sampling, build_request, profile_for, request_key
 from fgrft.llm.cache import CacheError, SqliteResponseCache, default_path
-from fgrft.testing.fault_server import FaultServer, bad_body, reply_json, truncated
+from tests.support.fault_server import FaultServer, bad_body, reply_json, truncated
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = RetryPolicy(max_retries=3, base_delay_s=0.005, max_delay_s=0.02)

@@ -22,7 +22,7 @@ from fgrft.llm.lanes import Limiter
 from fgrft.llm.profiles import derive_seed, is_reasoning_model
 from fgrft.llm.retry import classify, parse_retry_after
 from fgrft.llm.structured import response_format
-from fgrft.testing.fault_server import (FaultServer, bad_body, drop, error, hang, length,
+from tests.support.fault_server import (FaultServer, bad_body, drop, error, hang, length,
                                         null_content, rate_limit, refusal, reply, reply_json,
                                         server_error, truncated)
 from tests.fixtures_llm import TEST_KEY

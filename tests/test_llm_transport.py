@@ -14,7 +14,7 @@ from fgrft.llm import EndpointConfig, Engine, RetryPolicy
 from fgrft.llm.engine import default_client, sdk_client
 from fgrft.llm.retry import classify
 from fgrft.llm.transport import LocalHTTPClient, applies_to
-from fgrft.testing.fault_server import (FaultServer, bad_body, drop, error, hang, rate_limit,
+from tests.support.fault_server import (FaultServer, bad_body, drop, error, hang, rate_limit,
                                         reply_json, server_error)
 
 KEY = "sk-test-SECRET-0123456789abcdefXYZ"

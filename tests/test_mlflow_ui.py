@@ -23,7 +23,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from fgrft.bench.pipeline import StepResponder
+from tests.support.step_responder import StepResponder
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.bench.pipeline import StepResponder, write_questions
-from fgrft.testing.batch_server import BatchScript, BatchServer
+from tests.support.step_responder import StepResponder, write_questions
+from tests.support.batch_server import BatchScript, BatchServer
 
 from tests.test_pipeline_job import command, env, generate, local, read, run_dir
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.bench.pipeline import StepResponder
+from tests.support.step_responder import StepResponder
 from fgrft.data import bundled_path
-from fgrft.testing.fault_server import bad_body, drop, rate_limit, server_error, truncated
+from tests.support.fault_server import bad_body, drop, rate_limit, server_error, truncated
 
 from tests.fixtures_llm import TEST_KEY_ENV
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fgrft.bench.pipeline import StepResponder, step_of
+from fgrft.config import PRICES_FILE
+from tests.support.step_responder import StepResponder, step_of
 from fgrft.data import load_source
-from fgrft.llm import EndpointConfig, Engine, Ledger, RetryPolicy
+from fgrft.llm import EndpointConfig, Engine, Ledger, RetryPolicy, load_prices
 from fgrft.pipeline.prompts import load_prompts
 from fgrft.pipeline.run import Fallback, Pipeline, RunSettings
-from fgrft.testing.fault_server import error, length, refusal, truncated
+from tests.support.fault_server import error, length, refusal, truncated
 
 PROMPTS = load_prompts("fgrft_plus")
 QUESTIONS = load_source({"name": "sample"}).questions
@@ -18,7 +19,7 @@ def run(server, questions=QUESTIONS[:1], *, max_revisions=1, regate=False, fallb
         concurrency=8, window=8, retries=2, prompts=PROMPTS, shared_lane=False):
     async def go():
         policy = RetryPolicy(max_retries=retries, base_delay_s=0.01, max_delay_s=0.02)
-        async with Engine(ledger=Ledger(), retry=policy) as engine:
+        async with Engine(ledger=Ledger(load_prices(PRICES_FILE)), retry=policy) as engine:
             def ep(model, name):
                 return engine.endpoint(EndpointConfig(base_url=server.base_url, model=model, kind="vllm",
                                                       name=name, concurrency=concurrency, timeout_s=10))

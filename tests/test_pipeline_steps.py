@@ -9,7 +9,7 @@ import re
 import jinja2
 import pytest
 
-from fgrft.bench.pipeline import instance
+from tests.support.step_responder import instance
 from fgrft.data import load_source
 from fgrft.llm import check_schema, validate
 from fgrft.pipeline import guards

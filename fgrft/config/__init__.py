@@ -1,6 +1,6 @@
 """Config plumbing: packaged locations, resolvers, schemas, validation, scale."""
-from fgrft.config.locations import CONF_DIR, PROMPTS_DIR
+from fgrft.config.locations import CONF_DIR, PRICES_FILE, PROMPTS_DIR
 from fgrft.config.resolvers import register_resolvers
 from fgrft.config.validate import ConfigError, validate
 
-__all__ = ["CONF_DIR", "PROMPTS_DIR", "ConfigError", "register_resolvers", "validate"]
+__all__ = ["CONF_DIR", "PRICES_FILE", "PROMPTS_DIR", "ConfigError", "register_resolvers", "validate"]

@@ -18,3 +18,5 @@ def _locate(name: str) -> Path:
 CONF_DIR = _locate("conf")
 PROMPTS_DIR = _locate("prompts")
 EXPERIMENTS_DIR = _locate("experiments")
+# The API price table; the call engine takes its path as a setting (it does not import config).
+PRICES_FILE = CONF_DIR / "prices.yaml"

@@ -5,10 +5,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fgrft.config.schema import CHOICES, SCHEMAS
+from fgrft.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A composed config that does not fit the schema; the message names the key."""
+__all__ = ["ConfigError", "validate"]
 
 
 def validate(cfg: DictConfig, entrypoint: str) -> DictConfig:

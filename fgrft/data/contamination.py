@@ -75,11 +75,6 @@ def exact_key(text: str) -> str:
     return " ".join(words(text))
 
 
-def ngrams(text: str, n: int) -> set[int]:
-    """Hashes of the distinct word n-grams of a text (empty when it has fewer than n words)."""
-    return _grams(words(text), n)
-
-
 def _grams(w: list[str], n: int) -> set[int]:
     return {hash(tuple(w[i:i + n])) for i in range(len(w) - n + 1)}
 

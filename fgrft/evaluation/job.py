@@ -26,13 +26,12 @@ from fgrft.inference.requests import (
     request_key,
     request_seed,
 )
-from fgrft.records import Prediction, Question, write_jsonl
+from fgrft.records import LINEAGE_FILE, Prediction, Question, write_jsonl
 from fgrft.scoring import mlflow_metrics, score_predictions
 from fgrft.tracking import TrackedRun
 
 log = logging.getLogger(__name__)
 
-LINEAGE_FILE = "fgrft.json"
 LINEAGE_KEYS = ("base_model", "data_hash", "train_run_id")
 
 
@@ -204,6 +203,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
     ledger = None
     if api:
         from fgrft.inference.openai import estimate_openai
+        from fgrft.config import PRICES_FILE
         from fgrft.llm import Budget, Ledger, load_prices
 
         if cfg.get("dry_run"):
@@ -212,7 +212,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
             print(estimate.format())
             (run_dir / "dry_run.json").write_text(json.dumps(estimate.to_dict(), indent=2))
             return None
-        ledger = Ledger(load_prices(), Budget.from_setting(cfg.get("budget_usd")))
+        ledger = Ledger(load_prices(PRICES_FILE), Budget.from_setting(cfg.get("budget_usd")))
     elif cfg.get("dry_run"):
         raise ValueError("dry_run plans API spending: it applies to inference=openai only")
     throughput: dict[str, float | None] = {"items_per_s": None, "output_tokens_per_s": None}

@@ -19,12 +19,11 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fgrft.records import LETTERS, Prediction, RecordError, item_id, read_jsonl
+from fgrft.records import LETTERS, LINEAGE_FILE, Prediction, RecordError, item_id, read_jsonl
 
 REQUIRED = ("question", "options", "answer_idx", "output")
 PREDICTIONS_FILE = "predictions.jsonl"
 RUN_CONFIG = "config.yaml"
-LINEAGE_FILE = "fgrft.json"
 # Config groups a replay takes from the replayed run unless the command line sets them.
 LINEAGE_GROUPS = ("model", "temperature")
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from fgrft.inference.requests import PARTIAL_FILE
+from fgrft.records import LINEAGE_FILE
 from fgrft.tracking import RUN_ID_FILE
 
 FINGERPRINT_FILE = "completions.fingerprint.json"
 SET_ASIDE = (PARTIAL_FILE, FINGERPRINT_FILE, RUN_ID_FILE)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
-LINEAGE_FILE = "fgrft.json"
 _PARTS = {"prompts": "the prompts (token ids, or messages/model/base_url for an API)",
           "sampling": "the sampling parameters", "weights": "the model weights"}
 

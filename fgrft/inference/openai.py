@@ -28,6 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fgrft.config import PRICES_FILE
 from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling
 from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
                        Estimate, FatalAPIError, Ledger, OutputError, PlannedCall,
@@ -109,7 +110,7 @@ def generate_openai(inference_cfg: Any, requests: Sequence[GenerationRequest], s
     """
     cfg = endpoint_config(inference_cfg, cache_scope=cache_scope)
     if ledger is None:
-        ledger = Ledger(load_prices(), budget)
+        ledger = Ledger(load_prices(PRICES_FILE), budget)
     elif budget is not None:
         ledger.budget = budget
     if not requests:
@@ -257,7 +258,7 @@ def estimate_openai(inference_cfg: Any, requests: Sequence[GenerationRequest], s
         chars = sum(len(str(m.get("content", ""))) for m in r.messages)
         planned.append(PlannedCall(step=STEP, model=cfg.model, prompt_chars=chars,
                                    output_tokens=sampling.max_new_tokens, local=cfg.kind == "vllm"))
-    result = estimate(planned, prices if prices is not None else load_prices())
+    result = estimate(planned, prices if prices is not None else load_prices(PRICES_FILE))
     result.already_cached = already
     return result
 

@@ -3,6 +3,8 @@
 Knows nothing about the pipeline: it sends chat messages to an endpoint and returns a checked
 answer. See :mod:`fgrft.llm.engine` for the call life cycle, :mod:`fgrft.llm.cache` for the
 crash-safe response cache and :mod:`fgrft.llm.accounting` for tokens, cost, budget and dry runs.
+Imports only :mod:`fgrft.errors` and :mod:`fgrft.secrets` from the rest of fgrft (never the
+config package: settings, the price table included, arrive as plain values).
 """
 from fgrft.llm.accounting import (Budget, BudgetExhaustedError, Estimate, Ledger, PlannedCall,
                                   PriceTable, estimate, load_prices)

@@ -1,6 +1,6 @@
 """Token and cost accounting, the spending cap (``budget_usd``) and dry-run estimates.
 
-    prices = load_prices()                       # conf/prices.yaml, versioned
+    prices = load_prices(PRICES_FILE)            # conf/prices.yaml, versioned
     ledger = Ledger(prices, budget=Budget(5.0))  # the engine records every attempt here
     engine = Engine(cache=..., ledger=ledger)
     ...
@@ -134,16 +134,11 @@ def _candidates(model: str) -> list[str]:
     return names
 
 
-def default_prices_path() -> Path:
-    from fgrft.config.locations import CONF_DIR  # imported late: only this needs the package layout
-
-    return CONF_DIR / "prices.yaml"
-
-
-def load_prices(path: str | Path | None = None) -> PriceTable:
+def load_prices(path: str | Path) -> PriceTable:
+    """The price table at ``path`` (the project's is ``fgrft.config.PRICES_FILE``)."""
     import yaml
 
-    path = Path(path) if path is not None else default_prices_path()
+    path = Path(path)
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     if not isinstance(data, Mapping):
@@ -241,8 +236,8 @@ class Ledger:
     with snapshot names, and the summary should group by what the configuration says.
     """
 
-    def __init__(self, prices: PriceTable | None = None, budget: Budget | None = None):
-        self.prices = prices if prices is not None else load_prices()
+    def __init__(self, prices: PriceTable, budget: Budget | None = None):
+        self.prices = prices
         self.budget = budget
         self.models: dict[str, ModelTally] = {}
         self._lock = threading.Lock()
@@ -411,11 +406,10 @@ class Estimate:
         return "\n".join(lines)
 
 
-def estimate(planned: Iterable[PlannedCall], prices: PriceTable | None = None, *,
+def estimate(planned: Iterable[PlannedCall], prices: PriceTable, *,
              mode: str | dict[str, str] = "sync") -> Estimate:
     """Per-model, per-step and total calls, tokens and USD of a plan (no cache assumed), at
     ``mode``'s prices (one mode, or a mode per model name)."""
-    prices = prices if prices is not None else load_prices()
     out = Estimate(prices=(prices.version, prices.as_of))
     for call in planned:
         prompt, completion = call.prompt * call.count, call.output_tokens * call.count

@@ -2,7 +2,9 @@
 
 Three families, because callers must react differently:
 
-* :class:`ConfigError`     bad endpoint settings or schema; raised before any call is made.
+* :class:`ConfigError`     bad endpoint settings or schema; raised before any call is made
+                           (:class:`fgrft.errors.ConfigError`, the same class the config
+                           schema raises).
 * :class:`FatalAPIError`   the server refused the request itself (400/401/403/404/422, a quota
                            that will not come back, ...): retrying cannot help and the run stops.
   :class:`RunStoppedError` raised by every later call of an engine that saw a fatal error.
@@ -14,37 +16,25 @@ Three families, because callers must react differently:
                            the tokens it cost are still accounted for.
 
 API keys never reach a message: the engine knows the key values of its lanes and every message
-built here goes through :func:`redact`, which also masks anything shaped like a bearer token or
-an OpenAI key (servers echo partial keys in 401 bodies).
+built here goes through :func:`fgrft.secrets.redact`, which also masks anything shaped like a
+bearer token or an OpenAI key (servers echo partial keys in 401 bodies).
 """
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
+
+from fgrft.errors import ConfigError  # one definition, shared with the config schema
+from fgrft.secrets import redact  # the one redaction rule
+
+__all__ = ["ConfigError", "EndpointError", "FatalAPIError", "LLMError", "OutputError", "RetryExhaustedError",
+           "RunStoppedError", "redact"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from fgrft.llm.engine import CallResult
 
-# Shapes of secrets that servers like to echo back ("Incorrect API key provided: sk-pr...").
-_SECRET_SHAPES = re.compile(r"(?i)(bearer\s+)\S+|\bsk-[A-Za-z0-9_\-*.]{4,}")
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every known secret value and every key-shaped token masked."""
-    for secret in secrets:
-        # Very short "secrets" (placeholders such as "EMPTY" for keyless servers) are not secret
-        # and masking them would mangle ordinary words.
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, "***")
-    return _SECRET_SHAPES.sub(lambda m: (m.group(1) or "") + "***", text)
-
 
 class LLMError(Exception):
     """Base class of every error raised by :mod:`fgrft.llm`."""
-
-
-class ConfigError(LLMError, ValueError):
-    """Endpoint settings, sampling or schema that cannot work; raised before spending anything."""
 
 
 class EndpointError(LLMError):

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from fgrft.config import PRICES_FILE
 from fgrft.data import (DataUnavailable, OverlapSettings, check_contamination, load_benchmark,
                         load_source)
 from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
@@ -80,7 +81,7 @@ def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
                         "source_origin": selection.origin})
     _log_source(cfg, selection)
-    ledger = Ledger(load_prices(), Budget.from_setting(cfg.budget_usd))
+    ledger = Ledger(load_prices(PRICES_FILE), Budget.from_setting(cfg.budget_usd))
     views = QuestionViews(cfg.traces, tracked.run_id, ledger.prices,
                           {q.id: q for q in selection.questions})
     try:

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from fgrft.config import PRICES_FILE
 from fgrft.llm import Estimate, PlannedCall, estimate, load_prices
 from fgrft.llm.accounting import CHARS_PER_TOKEN
 from fgrft.pipeline.backends import ROLES, is_local, is_reasoning, served_model
@@ -81,7 +82,7 @@ def make_plan(prompts: PromptSet, questions: Sequence[Question], count: int,
 
 
 def price(plan: Plan, mode: str = "sync") -> Estimate:
-    return estimate(plan.calls, load_prices(), mode=mode)
+    return estimate(plan.calls, load_prices(PRICES_FILE), mode=mode)
 
 
 def compare_modes(plan: Plan, sync: Estimate, batch: Estimate) -> str:

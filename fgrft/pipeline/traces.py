@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from fgrft.tracking import redact_obj
+from fgrft.secrets import redact_obj
 
 log = logging.getLogger(__name__)
 

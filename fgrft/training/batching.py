@@ -16,7 +16,7 @@
   falls back to ``grouped``. Cost: a mask-based kernel still computes
   attention over the whole row, (sum of lengths)^2 instead of the padded
   micro-batch's size x longest^2, so on CPU packing pays off only while the
-  saved padding outweighs that (see ``python -m fgrft.bench.batching``);
+  saved padding outweighs that (see ``python -m benchmarks.batching``);
   flash-attention's cost is the sum of the squares.
 * ``grouped``: padded to the longest in the micro-batch, with examples of
   similar length drawn together (transformers' length-grouped sampler).

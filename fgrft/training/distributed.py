@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fgrft.tracking import TrackedRun, redact_obj
+from fgrft.secrets import redact_obj
+from fgrft.tracking import TrackedRun
 
 from .launch import rank_env, run_launch, write_launch_files
 from .slurm import NodePlan, announce_launch, await_followers

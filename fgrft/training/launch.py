@@ -149,8 +149,3 @@ def run_launch(cmd: list[str], env: Mapping[str, str], run_dir: Path) -> dict[st
         return json.loads((run_dir / RESULT_FILE).read_text())
     except (OSError, ValueError) as e:
         raise RuntimeError(f"the ranks exited cleanly but rank 0 left no {RESULT_FILE}: {e}") from None
-
-
-def read_ranks(run_dir: Path) -> list[dict[str, Any]]:
-    """What each rank saw of the world (written by the worker)."""
-    return [json.loads(p.read_text()) for p in sorted((run_dir / RANKS_DIR).glob("rank*.json"))]

@@ -21,11 +21,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from fgrft.records import LINEAGE_FILE
+
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "checkpoint"
-LINEAGE_FILE = "fgrft.json"  # the name fgrft.evaluation.job reads
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 

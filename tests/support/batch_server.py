@@ -23,7 +23,7 @@ worked out from the clock whenever a batch is read, like a provider's: ``validat
 ``on_create`` (a callable taking the batch dict) runs after a batch is created and before the
 answer is sent, so a test can kill the client exactly between create and its bookkeeping.
 
-Standalone: ``python -m fgrft.testing.batch_server --step-responder`` prints ``READY <url>``.
+Standalone: ``python -m tests.support.batch_server --step-responder`` prints ``READY <url>``.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from email.parser import BytesParser
 from email.policy import default as default_policy
 from typing import Any, Callable
 
-from fgrft.testing.fault_server import FaultServer, Request
+from tests.support.fault_server import FaultServer, Request
 
 
 @dataclass
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-rows", type=int, default=0,
                         help="the last N rows of the second batch fail")
     args = parser.parse_args(argv)
-    from fgrft.bench.pipeline import FALLBACK_MODEL, MODEL, MixResponder, StepResponder
+    from tests.support.step_responder import FALLBACK_MODEL, MODEL, MixResponder, StepResponder
 
     responder = MixResponder() if args.mix == "realistic" else StepResponder()
     server = BatchServer(port=args.port, responder=responder, models=(MODEL, FALLBACK_MODEL))

@@ -19,7 +19,7 @@ Every chat request is recorded (:attr:`FaultServer.requests`), counted under its
 are served too.
 
 Run standalone (e.g. for a benchmark in another process):
-``python -m fgrft.testing.fault_server --port 0 --latency-s 0.2`` prints ``READY <base_url>``.
+``python -m tests.support.fault_server --port 0 --latency-s 0.2`` prints ``READY <base_url>``.
 """
 from __future__ import annotations
 
@@ -421,7 +421,7 @@ class FaultServer:
 
 class ServerProcess:
     """A server in a child process, so that its event loop does not share the caller's CPU
-    time slices: ``with ServerProcess(["-m", "fgrft.testing.fault_server"]) as s: s.base_url``.
+    time slices: ``with ServerProcess(["-m", "tests.support.fault_server"]) as s: s.base_url``.
 
     ``args`` follow ``python``; the child prints ``READY <base_url>`` once it listens (what
     :meth:`FaultServer.serve_forever` does) and is terminated on exit.

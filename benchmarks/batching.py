@@ -1,6 +1,6 @@
 """Benchmark: padding and training throughput of the thesis's batching vs this project's.
 
-    python -m fgrft.bench.batching [--records 32] [--micro-batch 8] [--min-tokens 300] [--max-tokens 1500]
+    python -m benchmarks.batching [--records 32] [--micro-batch 8] [--min-tokens 300] [--max-tokens 1500]
 
 The thesis shuffled its examples and padded each micro-batch to its longest
 member (``padded``). The project packs each micro-batch into one padding-free

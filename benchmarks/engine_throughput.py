@@ -1,6 +1,6 @@
 """Benchmark: call-engine throughput against the fault server, and a fully cached re-run.
 
-    python -m fgrft.bench.engine_throughput [--calls 3000] [--concurrency 64] [--latency-s 0.2]
+    python -m benchmarks.engine_throughput [--calls 3000] [--concurrency 64] [--latency-s 0.2]
                                             [--server process|thread] [--client lean|sdk]
                                             [--plain] [--json FILE]
 
@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fgrft.testing.fault_server import FaultServer, ServerProcess
+from tests.support.fault_server import FaultServer, ServerProcess
 
 SCHEMA = {"type": "object", "properties": {"echo": {"type": "string", "maxLength": 200}},
           "required": ["echo"], "additionalProperties": False}
@@ -83,7 +83,7 @@ class ServerHandle:
         if self.mode == "thread":
             self._server = SpanServer(latency_s=self.latency_s).start()
         else:
-            self._child = ServerProcess(["-m", "fgrft.bench.engine_throughput", "--serve",
+            self._child = ServerProcess(["-m", "benchmarks.engine_throughput", "--serve",
                                          "--latency-s", str(self.latency_s)]).__enter__()
         self.base_url = (self._server or self._child).base_url
         return self
@@ -138,11 +138,12 @@ async def raw_client(base_url: str, calls: int, concurrency: int) -> float:
 async def engine_run(base_url: str, calls: int, concurrency: int, cache_dir: Path,
                      plain: bool, client: str = "lean") -> tuple[float, dict]:
     """All calls through a fresh engine over the cache in ``cache_dir``; (wall s, counters)."""
-    from fgrft.llm import EndpointConfig, Engine, Ledger, SqliteResponseCache
+    from fgrft.config import PRICES_FILE
+    from fgrft.llm import EndpointConfig, Engine, Ledger, SqliteResponseCache, load_prices
     from fgrft.llm.engine import default_client, sdk_client
 
     cache = SqliteResponseCache.in_dir(cache_dir)
-    ledger = Ledger()
+    ledger = Ledger(load_prices(PRICES_FILE))
     cfg = EndpointConfig(base_url=base_url, model=MODEL, kind="vllm", concurrency=concurrency,
                          timeout_s=60.0, name="bench")
     try:

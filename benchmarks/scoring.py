@@ -1,6 +1,6 @@
 """Benchmark: in-process scoring time of a thesis-sized run (3,273 items).
 
-    python -m fgrft.bench.scoring [--repeats N] [--seed S] [--labels FILE]
+    python -m benchmarks.scoring [--repeats N] [--seed S] [--labels FILE]
 
 Outputs are synthetic but shaped like real ones (thinking + final response,
 option-by-option discussions, option text only, hedged prose that only the

@@ -1,4 +1,4 @@
-"""vLLM vs transformers generate on the same prompts, same run (`python -m fgrft.bench.inference`).
+"""vLLM vs transformers generate on the same prompts, same run (`python -m benchmarks.inference`).
 
 The first 200 items of the real MedMCQA file (`$FGRFT_BENCHMARK_DIR`), the embedded
 smol model, temperature 0.5 / top_p 0.9, at most 256 new tokens. transformers runs at

@@ -1,1 +1,0 @@
-"""Benchmark scripts run by `make bench` (python -m fgrft.bench.NAME)."""
