@@ -35,6 +35,10 @@ TRAIN_ARGS = ["model=tiny", "data=sample", "trainer=cpu", f"trainer.max_steps={M
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    # MLflow samples system metrics every 10 s by default: a resumed run on an idle machine can
+    # end before its first sample. Sampling every second keeps the system-metrics check about
+    # logging being on, not about how fast the host is.
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
     return env
 
 
