@@ -241,36 +241,13 @@ class Batcher:
     def _waves(self, ep: "Endpoint", items: list[_Item]) -> list[list[list[_Item]]]:
         """Files (lists of rows) within the provider's limits, grouped into waves whose
         estimated tokens fit ``max_enqueued_tokens`` (one wave when it is unset)."""
-        files: list[list[_Item]] = []
-        current: list[_Item] = []
-        size = 0
-        for item in items:
-            line = len(json.dumps(item.body)) + 120
-            if current and (len(current) >= self.max_requests_per_file
-                            or size + line > self.max_file_bytes):
-                files.append(current)
-                current, size = [], 0
-            current.append(item)
-            size += line
-        if current:
-            files.append(current)
+        files = _pack(items, lambda item: len(json.dumps(item.body)) + 120, self.max_file_bytes,
+                      max_count=self.max_requests_per_file)
         cap = ep.cfg.max_enqueued_tokens
         if not cap:
             return [files]
-        waves: list[list[list[_Item]]] = []
-        wave: list[list[_Item]] = []
-        enqueued = 0
-        for f in files:
-            for part in _split_to_tokens(f, cap):
-                tokens = sum(i.tokens for i in part)
-                if wave and enqueued + tokens > cap:
-                    waves.append(wave)
-                    wave, enqueued = [], 0
-                wave.append(part)
-                enqueued += tokens
-        if wave:
-            waves.append(wave)
-        return waves
+        parts = [part for f in files for part in _split_to_tokens(f, cap)]
+        return _pack(parts, lambda part: sum(i.tokens for i in part), cap)
 
     def _reserve(self, chunk: list[_Item], by_key: dict) -> tuple[list[_Item], float]:
         """The part of ``chunk`` whose estimated cost the budget can set aside (the rest of
@@ -498,6 +475,24 @@ class Batcher:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
+
+
+def _pack(things: list, cost, limit: int, *, max_count: int | None = None) -> list[list]:
+    """Consecutive groups, each closed before it would pass ``limit`` total ``cost`` (or hold
+    more than ``max_count``); a single thing over the limit still gets a group of its own."""
+    groups: list[list] = []
+    group: list = []
+    total = 0
+    for thing in things:
+        c = cost(thing)
+        if group and (total + c > limit or (max_count is not None and len(group) >= max_count)):
+            groups.append(group)
+            group, total = [], 0
+        group.append(thing)
+        total += c
+    if group:
+        groups.append(group)
+    return groups
 
 
 def _split_to_tokens(items: list[_Item], cap: int) -> list[list[_Item]]:
