@@ -59,7 +59,8 @@ def test_every_contract_option_exists():
         "scorer": {"strict", "thesis"},
         "prompt": {"thesis", "strict"},
         "trainer": {"cpu", "cpu_zero3", "single_gpu", "zero3_8gpu"},
-        "experiment": {"fgrft_data", "fgrft", "ablation_naive", "base", "temperature_sweep", "baselines"},
+        "experiment": {"fgrft_data", "fgrft", "ablation_naive", "base", "temperature_sweep", "baselines",
+                       "recipe_ablation"},
     }
     for group, options in expected.items():
         assert set(_options(group)) == options, group
@@ -187,7 +188,7 @@ def test_the_composed_config_shows_which_recipe_and_fidelity_settings_are_in_for
         cfg = apply_scale(validate(_compose("train", overrides), "train"))
         return {k: OmegaConf.to_container(cfg.trainer, resolve=True)[k] for k in thesis}
 
-    for preset in ("fgrft", "ablation_naive"):
+    for preset in ("fgrft", "ablation_naive", "recipe_ablation"):
         assert fidelity([f"+experiment={preset}"]) == thesis
         assert fidelity([f"+experiment={preset}", "scale=toy"]) == thesis  # toy keeps what it compares
     for trainer in _options("trainer"):

@@ -7,7 +7,7 @@ and fill in defaults, right after composition and before any work starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -237,6 +237,10 @@ class TrainConfig(_EvaluationGroups, _Common):
     fgrft_records: Optional[str] = None
     shared_ids_with: Optional[str] = None  # a data option: every ablation arm trains on the shared ids
     min_id_match: float = 0.99
+    # Recipe ablation: the Stage 1 recipe whose records this arm trains on, and each recipe's records file.
+    recipe: Optional[str] = None
+    recipe_records: Optional[Dict[str, Optional[str]]] = None
+    min_records: int = 0  # fewer (after the shared ids): toy scale adds the bundled records, full scale fails
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     # Multi-node (SLURM): how long the nodes wait for each other in the shared run directory.
     node_wait_s: float = 900.0

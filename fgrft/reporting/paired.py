@@ -27,7 +27,8 @@ from fgrft.reporting.records import BASE_ARM, EvalRun, arm_name, fmt_t
 from fgrft.scoring.stats import DEFAULT_RESAMPLES, mcnemar_exact, mean_sd, paired_bootstrap
 
 # Which side of a data-arm comparison is "A" (A - B is reported): the method first, the base model last.
-ARM_ORDER = ("fgrft", "naive_cot_thinking", "naive_cot_raw")
+# A first: method over control; the project's recipe over the thesis's (difference = what it buys).
+ARM_ORDER = ("fgrft", "naive_cot_thinking", "naive_cot_raw", "fgrft:fgrft_plus", "fgrft:thesis")
 FACTORS = ("model", "data arm", "temperature")
 FACTOR_ORDER = {"data arm": 0, "temperature": 1, "model": 2}
 

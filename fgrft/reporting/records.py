@@ -37,9 +37,13 @@ ARM_NAMES = {
     "naive_cot_raw": "naive CoT (raw)",
     "naive_cot_thinking": "naive CoT (format-matched)",
 }
+# Recipe-ablation arms: FGRFT records written by one Stage 1 recipe (the training run's `recipe`).
+RECIPES = ("thesis", "fgrft_plus")
+ARM_NAMES.update({f"fgrft:{r}": f"FGRFT ({r} recipe)" for r in RECIPES})
 ARM_LEGEND = ("Data arms: base = the model as released; FGRFT = fine-tuned on the FGRFT records; naive CoT (raw) "
               "= fine-tuned on Mixtral CoT with the raw response as target (the thesis's naive-CoT arm); naive CoT "
-              "(format-matched) = the same CoT in the Thinking / Final Response shape.")
+              "(format-matched) = the same CoT in the Thinking / Final Response shape; FGRFT (R recipe) = "
+              "fine-tuned on the records Stage 1 wrote with recipe=R (+experiment=recipe_ablation).")
 LINEAGE_PARAMS = ("base_model", "data_hash", "train_run_id")
 
 
@@ -47,11 +51,19 @@ def data_arm(params: Mapping[str, str]) -> str | None:
     """The data arm named by a run's params (its own or its training run's), or None."""
     fmt, target = params.get("data.format"), params.get("data.target_format")
     if fmt and target:
-        return ARMS_BY_FORMAT.get((fmt, target), f"{fmt}/{target}")
+        arm = ARMS_BY_FORMAT.get((fmt, target), f"{fmt}/{target}")
+        recipe = recipe_of(params)
+        return f"{arm}:{recipe}" if recipe else arm
     label = params.get("data_label")
     if label:
         return ARMS_BY_DATA_LABEL.get(label, f"data:{label}")
     return None
+
+
+def recipe_of(params: Mapping[str, str] | None) -> str | None:
+    """The Stage 1 recipe a recipe-ablation training run's records came from (its `recipe` param)."""
+    recipe = (params or {}).get("recipe")
+    return None if recipe in (None, "", "None", "null") else recipe
 
 
 def arm_of(params: Mapping[str, str], train_params: Mapping[str, str] | None) -> str:
@@ -140,6 +152,11 @@ class EvalRun:
     samples: dict[str, Any] | None = None  # metrics.json "samples" block (n_samples > 1)
     overall: SourceScore | None = None  # metrics.json "overall" block (pooled over sources)
     notes: list[str] = field(default_factory=list)
+    # Recipe ablation, from the training run: the records' recipe, how many question ids the arms
+    # shared, and how many bundled records a toy arm added because too few were left.
+    recipe: str | None = None
+    shared_ids: int | None = None
+    bundled_added: int = 0
     rescored: bool = False  # the other scorer's reading of a run's outputs (metrics.json by_scorer)
 
     @property
@@ -248,8 +265,12 @@ def eval_run_from_logged(*, run_id: str, name: str, experiment: str, params: Map
         seeds.append(f"trainer.seed={params['trainer.seed']}")
     if params.get("temperature.seed"):
         seeds.append(f"temperature.seed={params['temperature.seed']}")
+    trained = train_params or params
+    shared_ids = _float(trained.get("ids_matched"))
     return EvalRun(
         run_id=run_id, name=name, experiment=experiment,
+        recipe=recipe_of(trained), shared_ids=None if shared_ids is None else int(shared_ids),
+        bundled_added=int(_float(trained.get("bundled_added")) or 0),
         model_label=params.get("model_label") or params.get("model.name") or "unknown",
         arm=arm, temperature=temperature, scorer=scorer,
         prompt=params.get("prompt.name") or metrics_doc.get("prompt"),

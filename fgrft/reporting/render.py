@@ -13,8 +13,9 @@ from typing import Any, Iterable
 from fgrft.reporting.assemble import Report
 from fgrft.reporting.claims import ClaimCheck
 from fgrft.reporting.paired import PairedResult
-from fgrft.reporting.records import ARM_LEGEND, fmt_t
+from fgrft.reporting.records import ARM_LEGEND, RECIPES, SourceScore, fmt_t
 from fgrft.reporting.tables import COLUMNS, NO_ANSWER, OTHER, Cell, Row, TableKey
+from fgrft.scoring.stats import wilson_interval
 
 TOY_WARNING = ("> **Toy scale.** Every row is the embedded smol model under a thesis model label, on the "
                "bundled sample: the accuracies, and the deltas to the thesis, mean nothing.")
@@ -102,6 +103,54 @@ def scorer_difference_section(report: Report) -> list[str]:
                      len(keys) - both - strict_only - legacy_only, unparsed])
     lines += _md_table(["run", "scale", "items", "strict %", f"legacy %{LEGACY_MARK}", "both right",
                         "strict only", "legacy only", "neither", "strict unparsed"], body)
+    return lines + ["", LEGACY_NOTE, ""]
+
+
+BUNDLED_MARK = "§"  # not "*": Markdown would read it as emphasis
+RECIPES_ORDER = {r: i for i, r in enumerate(RECIPES)}
+
+
+def _pooled(run: Any) -> str:
+    """A run's accuracy over all its items (sources pooled) with its 95% CI."""
+    if run.overall is not None:
+        score = run.overall
+    else:
+        correct = sum(s.correct for s in run.per_source.values())
+        total = sum(s.total for s in run.per_source.values())
+        low, high = wilson_interval(correct, total)
+        score = SourceScore("overall", correct, total, low, high)
+    return f"{pct(score.accuracy)} [{pct(score.ci_low)}, {pct(score.ci_high)}] ({score.correct}/{score.total})"
+
+
+def recipe_section(report: Report) -> list[str]:
+    """The recipe ablation: one row per arm, the same outputs read by both scorers."""
+    views: dict[str, dict[str, Any]] = {}
+    for run in report.collection.runs + report.collection.rescored:
+        if run.recipe:
+            views.setdefault(run.run_id, {})[run.scorer] = run
+    if not views:
+        return []
+    lines = ["## Stage 1 recipes: thesis vs fgrft_plus", "",
+             "Each arm is fine-tuned on the records its Stage 1 recipe wrote, restricted to the questions both "
+             "recipes kept, and evaluated once; both scorers read the same outputs. Paired differences "
+             "(fgrft_plus − thesis) are in the paired section.", ""]
+    body, padded = [], []
+    for by_scorer in sorted(views.values(), key=lambda v: (next(iter(v.values())).scale,
+                                                           RECIPES_ORDER.get(next(iter(v.values())).recipe, 9))):
+        run = next(iter(by_scorer.values()))
+        label = run.label + (BUNDLED_MARK if run.bundled_added else "")
+        if run.bundled_added:
+            padded.append(run)
+        body.append([run.scale, label, run.recipe, fmt_t(run.temperature),
+                     "-" if run.shared_ids is None else run.shared_ids, run.bundled_added or "no",
+                     *(_pooled(by_scorer[sc]) if sc in by_scorer else "-" for sc in ("strict", "thesis")),
+                     run.short_id])
+    lines += _md_table(["scale", "model + data arm", "recipe", "T", "shared question ids", "bundled records added",
+                        "strict % [95% CI] (correct/total)", f"legacy % [95% CI]{LEGACY_MARK} (correct/total)",
+                        "run"], body)
+    if padded:
+        lines += ["", f"{BUNDLED_MARK} Bundled records added: the arm had fewer shared records than min_records, so "
+                  "it also trained on the bundled FGRFT records; its row does not measure its recipe alone."]
     return lines + ["", LEGACY_NOTE, ""]
 
 
@@ -294,7 +343,7 @@ def render_markdown(report: Report) -> str:
                   "Run an evaluation first (see experiments/README.md).", ""]
     for key, rows in report.tables.items():
         lines += accuracy_section(key, rows)
-    for section in (claims_section, paired_section, scorer_difference_section, baselines_section,
+    for section in (recipe_section, claims_section, paired_section, scorer_difference_section, baselines_section,
                     letters_section, samples_section, runs_section):
         lines += section(report)
     return "\n".join(lines).rstrip() + "\n"

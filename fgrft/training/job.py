@@ -111,7 +111,8 @@ def _log_training_data(cfg: DictConfig, prepared: Prepared) -> None:
 
     spec = cfg.data
     option = DATA_OPTIONS.get(spec.name)
-    path = spec.get("path") or (cfg.get("fgrft_records") if spec.get("format") == "fgrft" else None)
+    records_file = _recipe_records(cfg).get(cfg.get("recipe")) or cfg.get("fgrft_records")
+    path = spec.get("path") or (records_file if spec.get("format") == "fgrft" else None)
     hub_id = spec.get("hub_id") or (option.hub_id if option else None)
     if path:
         origin, hub = str(path), False
@@ -207,42 +208,101 @@ def _load_records(cfg: DictConfig) -> tuple[list[TrainingRecord], str, dict[str,
     An arm's ids are the FGRFT ids (``fgrft_records``) that the ``shared_ids_with`` data set also
     holds (by stem_id), so every arm of an ablation trains on the same questions; a naive-CoT arm
     takes the FGRFT ids even without ``shared_ids_with``. An arm that finds fewer than
-    ``min_id_match`` of the FGRFT ids fails with the counts instead of training on fewer."""
+    ``min_id_match`` of the FGRFT ids fails with the counts instead of training on fewer.
+
+    A recipe-ablation arm (``recipe_records``: a Stage 1 records file per recipe) trains on its
+    ``recipe``'s file, restricted to the ids every recipe's file holds. An arm left with fewer than
+    ``min_records`` records adds the bundled ones at toy scale (``bundled_added``)."""
     spec = OmegaConf.to_container(cfg.data, resolve=True)
     cache = str(Path(cfg.paths.cache) / "datasets")
-    fgrft_file = cfg.get("fgrft_records")
+    recipe_files = _recipe_records(cfg)
+    if recipe_files and (spec.get("format") != "fgrft" or spec.get("path")):
+        raise ConfigError("recipe_records: a recipe-ablation arm trains on FGRFT records (data.format=fgrft) "
+                          "from its recipe's file; unset data.path")
+    fgrft_file = recipe_files[cfg.recipe] if recipe_files else cfg.get("fgrft_records")
     if spec.get("format") == "fgrft" and fgrft_file and not spec.get("path"):
         spec["path"], spec["n"] = fgrft_file, None  # the ids are the file's: no second draw
     origin = spec.get("path") or f"data={spec.get('name')}"
     shared_with = cfg.get("shared_ids_with")
     restricted = spec.get("format") == "naive_cot" and not spec.get("path")
-    ids = _fgrft_ids(cfg, cache) if restricted or shared_with else None
+    ids = _fgrft_ids(cfg, cache, fgrft_file) if restricted or shared_with or recipe_files else None
     if restricted:
         spec["n"] = None  # the FGRFT ids pick the questions, not a seeded draw of this set
-    records = load_training_records(spec, cache_dir=cache)
+    records = _records_of(spec["path"], cache) if recipe_files else load_training_records(spec, cache_dir=cache)
     matched = None
     if ids is not None:
         ids_origin, fgrft_ids = ids
+        # The other sets every arm needs too: each arm trains on the ids all of them hold.
+        others = [(f"data={shared_with}", load_training_records(_shared_spec(cfg, shared_with), cache_dir=cache))
+                  ] if shared_with else []
+        others += [(f"recipe_records.{r}", _records_of(path, cache)) for r, path in recipe_files.items()
+                   if r != cfg.recipe]
         wanted = fgrft_ids
-        if shared_with:
-            other = {r.stem_id for r in load_training_records(_shared_spec(cfg, shared_with), cache_dir=cache)}
-            wanted = [i for i in fgrft_ids if i in other]
+        for _, other_records in others:
+            other = {r.stem_id for r in other_records}
+            wanted = [i for i in wanted if i in other]
         picked = select_records(records, wanted, key="stem_id")
         matched = {"ids_from": ids_origin, "ids_requested": len(set(fgrft_ids)), "ids_matched": picked.matched}
+        also = "".join(f" and {name}" for name, _ in others)
         log.info("%s: %d of %d FGRFT question ids found (by stem_id) in %s%s", cfg.data.name, picked.matched,
-                 matched["ids_requested"], origin, f" and data={shared_with}" if shared_with else "")
+                 matched["ids_requested"], origin, also)
         share = picked.matched / matched["ids_requested"] if matched["ids_requested"] else 0.0
         if share < cfg.min_id_match:
             raise ValueError(
                 f"{origin}: only {picked.matched} of the {matched['ids_requested']} FGRFT question ids "
                 f"({share:.1%}) are available to this arm ({ids_origin}"
-                f"{f' intersected with data={shared_with}' if shared_with else ''}); min_id_match="
+                f"{also.replace(' and ', ' intersected with ', 1)}); min_id_match="
                 f"{cfg.min_id_match} needs at least {cfg.min_id_match:.0%}. The arms would not compare the "
                 f"same questions; lower min_id_match to accept it")
         records = picked.records
+    if len(records) < cfg.min_records:
+        records, added = _add_bundled(cfg, records, origin, cache)
+        matched = {**(matched or {}), "bundled_added": added}
     if not records:
         raise ValueError(f"{origin}: the training set is empty")
     return records, origin, matched
+
+
+def _recipe_records(cfg: DictConfig) -> dict[str, str]:
+    """A recipe-ablation arm's Stage 1 records files by recipe ({} when this is not such an arm)."""
+    files = cfg.get("recipe_records")
+    if not files:
+        return {}
+    if cfg.get("recipe") is None:
+        raise ConfigError("recipe_records is set but recipe (which recipe's records this arm trains on) is not")
+    unset = [r for r, path in files.items() if not path]
+    if unset or cfg.recipe not in files:
+        missing = unset or [cfg.recipe]
+        raise ConfigError(f"recipe_records.{missing[0]} is not set: the records.jsonl of "
+                          f"`python -m fgrft.generate recipe={missing[0]}`")
+    if cfg.get("fgrft_records"):
+        raise ConfigError("set fgrft_records or recipe_records, not both (an arm trains on one records file)")
+    return {r: str(path) for r, path in files.items()}
+
+
+def _records_of(path: str, cache: str) -> list[TrainingRecord]:
+    """A Stage 1 records file; empty when that run kept nothing (its file has no lines)."""
+    file = Path(path).expanduser()
+    if file.is_file() and not file.read_text(encoding="utf-8").strip():
+        return []
+    return load_training_records({"name": "fgrft_records", "path": str(file), "format": "fgrft"},
+                                 cache_dir=cache)
+
+
+def _add_bundled(cfg: DictConfig, records: list[TrainingRecord], origin: str,
+                 cache: str) -> tuple[list[TrainingRecord], int]:
+    """At toy scale, an arm with fewer than ``min_records`` records adds the bundled FGRFT records
+    (those it does not hold already); the count goes to summary.json, MLflow and the report.
+    At full scale such an arm fails instead: padding would train on other questions than the arms'."""
+    if cfg.scale != "toy":
+        raise ValueError(f"{origin}: {len(records)} training records, fewer than min_records={cfg.min_records}; "
+                         "only a toy-scale run adds the bundled records (lower min_records to train on these)")
+    have = {r.id for r in records}
+    bundled = [r for r in load_training_records({"name": "sample", "format": "fgrft"}, cache_dir=cache)
+               if r.id not in have]
+    log.warning("%s: %d records, fewer than min_records=%d: adding the %d bundled FGRFT records (the report "
+                "marks this arm)", origin, len(records), cfg.min_records, len(bundled))
+    return records + bundled, len(bundled)
 
 
 def _shared_spec(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -259,16 +319,18 @@ def _shared_spec(cfg: DictConfig, name: str) -> dict[str, Any]:
     return spec
 
 
-def _fgrft_ids(cfg: DictConfig, cache: str) -> tuple[str, list[str]] | None:
-    """Stem ids of the FGRFT arm's questions: ``fgrft_records``, or at toy scale the bundled sample."""
-    if cfg.get("fgrft_records"):
-        source, spec = cfg.fgrft_records, {"name": "fgrft_records", "path": cfg.fgrft_records, "format": "fgrft"}
+def _fgrft_ids(cfg: DictConfig, cache: str, fgrft_file: str | None) -> tuple[str, list[str]] | None:
+    """Stem ids of the FGRFT arm's questions: its records file, or at toy scale the bundled sample."""
+    if fgrft_file:
+        source, records = str(fgrft_file), _records_of(fgrft_file, cache)
     elif cfg.scale == "toy":
-        source, spec = "data=sample", {"name": "sample", "format": "fgrft", "target_format": "thinking"}
+        source = "data=sample"
+        records = load_training_records({"name": "sample", "format": "fgrft", "target_format": "thinking"},
+                                        cache_dir=cache)
     else:
         return None
     # Stem ids: the naive-CoT set may lack parsed options, so ids over question+options would not join.
-    return source, [r.stem_id for r in load_training_records(spec, cache_dir=cache)]
+    return source, [r.stem_id for r in records]
 
 
 def _drop_contaminated(cfg: DictConfig, records: list[TrainingRecord],
