@@ -1,5 +1,6 @@
 """+experiment=recipe_ablation: one arm per Stage 1 recipe on the questions both kept; the report
-shows both arms under both scorers and marks an arm that needed the bundled records."""
+shows both arms under both scorers and marks an arm that needed the bundled records. Also Stage 1's
+refusal of a real source without every benchmark file (a ConfigError naming what is missing)."""
 from __future__ import annotations
 
 import json
@@ -121,3 +122,29 @@ def test_report_compares_the_recipe_arms_under_both_scorers_and_marks_a_padded_o
     assert set(pairs) == {"strict", "thesis"}
     assert pairs["strict"].difference == pytest.approx(0.3)
     assert pairs["strict"].a_label.startswith("smol + FGRFT (fgrft_plus recipe)")
+
+
+def test_a_real_source_without_every_benchmark_file_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from fgrft.config import CONF_DIR, register_resolvers, validate
+    from fgrft.errors import ConfigError as UserError
+    from fgrft.pipeline.job import contamination_benchmarks
+    from tests.test_pipeline_job import thesis_benchmark_dir
+
+    monkeypatch.delenv("FGRFT_BENCHMARK_DIR", raising=False)
+
+    def cfg(*overrides):
+        register_resolvers()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return validate(compose(config_name="generate", overrides=["+experiment=fgrft_data", *overrides]),
+                            "generate")
+
+    with pytest.raises(UserError, match=r"benchmark\.dir, which is not set.*eval_data_clinical\.json and "
+                                        r"eval_data_medmcqa\.json"):
+        contamination_benchmarks(cfg())
+    benchmarks = thesis_benchmark_dir(tmp_path / "benchmarks")
+    (benchmarks / "eval_data_medmcqa.json").unlink()
+    with pytest.raises(UserError, match=r"data file not found: .*eval_data_medmcqa\.json"):
+        contamination_benchmarks(cfg(f"benchmark.dir={benchmarks}"))
+    assert contamination_benchmarks(cfg("contamination.mode=skip")) is None

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from fgrft.config import PRICES_FILE
 from fgrft.data import (DataUnavailable, OverlapSettings, check_contamination, load_benchmark,
                         load_source)
+from fgrft.data.benchmarks import THESIS_FILES
 from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
                        TraceEvent, load_prices)
 from fgrft.pipeline import plan as planning
@@ -151,7 +152,8 @@ def contamination_benchmarks(cfg: DictConfig) -> dict[str, Any] | None:
             f"{spec.get('name')} cannot be loaded here: {exc}. Stage 1 refuses to start without "
             f"every benchmark it checks against (it would pay for questions training later drops): "
             f"set benchmark.dir (or ${BENCHMARK_DIR_ENV}) to the directory holding the thesis "
-            f"benchmark files, or opt out explicitly with contamination.mode=skip") from exc
+            f"benchmark files ({' and '.join(sorted(set(THESIS_FILES.values())))}), or opt out "
+            f"explicitly with contamination.mode=skip") from None  # the message already says why
     return spec
 
 
