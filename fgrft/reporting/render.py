@@ -150,7 +150,8 @@ def recipe_section(report: Report) -> list[str]:
                         "run"], body)
     if padded:
         lines += ["", f"{BUNDLED_MARK} Bundled records added: the arm had fewer shared records than min_records, so "
-                  "it also trained on the bundled FGRFT records; its row does not measure its recipe alone."]
+                  "it also trained on the bundled FGRFT records (only on them when the recipes shared no question); its row "
+                  "does not measure its recipe alone."]
     return lines + ["", LEGACY_NOTE, ""]
 
 
