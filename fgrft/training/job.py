@@ -283,7 +283,7 @@ def _recipe_records(cfg: DictConfig) -> dict[str, str]:
 def _records_of(path: str, cache: str) -> list[TrainingRecord]:
     """A Stage 1 records file; empty when that run kept nothing (its file has no lines)."""
     file = Path(path).expanduser()
-    if file.is_file() and not file.read_text(encoding="utf-8").strip():
+    if file.is_file() and file.stat().st_size < 64 and not file.read_text(encoding="utf-8").strip():
         return []
     return load_training_records({"name": "fgrft_records", "path": str(file), "format": "fgrft"},
                                  cache_dir=cache)
@@ -291,17 +291,17 @@ def _records_of(path: str, cache: str) -> list[TrainingRecord]:
 
 def _add_bundled(cfg: DictConfig, records: list[TrainingRecord], origin: str,
                  cache: str) -> tuple[list[TrainingRecord], int]:
-    """At toy scale, an arm with fewer than ``min_records`` records adds the bundled FGRFT records
-    (those it does not hold already); the count goes to summary.json, MLflow and the report.
+    """At toy scale, an arm with fewer than ``min_records`` records adds the bundled records of its
+    format (those it does not hold already); the count goes to summary.json, MLflow and the report.
     At full scale such an arm fails instead: padding would train on other questions than the arms'."""
     if cfg.scale != "toy":
         raise ValueError(f"{origin}: {len(records)} training records, fewer than min_records={cfg.min_records}; "
                          "only a toy-scale run adds the bundled records (lower min_records to train on these)")
     have = {r.id for r in records}
-    bundled = [r for r in load_training_records({"name": "sample", "format": "fgrft"}, cache_dir=cache)
-               if r.id not in have]
-    log.warning("%s: %d records, fewer than min_records=%d: adding the %d bundled FGRFT records (the report "
-                "marks this arm)", origin, len(records), cfg.min_records, len(bundled))
+    option = "sample" if cfg.data.format == "fgrft" else "sample_naive"
+    bundled = [r for r in load_training_records({"name": option}, cache_dir=cache) if r.id not in have]
+    log.warning("%s: %d records, fewer than min_records=%d: adding the %d bundled records of data=%s (the "
+                "report marks this arm)", origin, len(records), cfg.min_records, len(bundled), option)
     return records + bundled, len(bundled)
 
 
