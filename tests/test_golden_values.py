@@ -64,7 +64,7 @@ def test_bundled_sample_items_and_prompt_hashes():
 
 def test_stage1_items_hash_of_the_bundled_sample():
     # Stage 1 logs its own items_hash today (a different function from the evaluation's).
-    from fgrft.pipeline.job import _items_hash
+    from fgrft.generation.job import _items_hash
 
     ids = [q.id for q in benchmark_items(load_benchmark({"name": "sample"}))]
     assert _items_hash(ids) == "828a2949320a3600"

@@ -54,17 +54,17 @@ RULES = [
     ("fgrft/errors.py", ("fgrft",)),
     ("fgrft/secrets.py", ("fgrft",)),
     # Lower layers never reach up into the stages or the app.
-    ("fgrft/records.py", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/records.py", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
                           "fgrft.reporting", "fgrft.tracking")),
-    ("fgrft/scoring", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/scoring", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
                        "fgrft.reporting", "fgrft.tracking")),
-    ("fgrft/llm", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/llm", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
                    "fgrft.reporting", "fgrft.tracking", "fgrft.models")),
-    ("fgrft/config", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/config", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
                       "fgrft.reporting", "fgrft.tracking", "fgrft.llm")),
     # Stage 1 and reporting do not use each other's or the later stages' internals.
-    ("fgrft/pipeline", ("fgrft.training", "fgrft.evaluation", "fgrft.reporting")),
-    ("fgrft/reporting", ("fgrft.pipeline", "fgrft.training", "fgrft.inference")),
+    ("fgrft/generation", ("fgrft.training", "fgrft.evaluation", "fgrft.reporting")),
+    ("fgrft/reporting", ("fgrft.generation", "fgrft.training", "fgrft.inference")),
     # Test support is shared with benchmarks, so it must not depend on them.
     ("tests/support", ("benchmarks",)),
 ]

@@ -211,8 +211,8 @@ def test_batch_settings_are_checked_before_anything_starts():
 def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tmp_path):
     from tests.support.step_responder import StepResponder
     from fgrft.data import load_source
-    from fgrft.pipeline.prompts import load_prompts
-    from fgrft.pipeline.run import Pipeline, RunSettings
+    from fgrft.generation.prompts import load_prompts
+    from fgrft.generation.run import Pipeline, RunSettings
 
     questions = load_source({"name": "sample"}).questions[:3]
 

@@ -1,4 +1,5 @@
-"""Models: resolution of the ``model`` group, the embedded models, chat templates, vLLM settings.
+"""Models: resolution of the ``model`` group, the embedded models, chat templates, vLLM settings,
+and the embedded vLLM CPU server (``server.py``).
 
 Importing this package is cheap: torch, transformers and vLLM load only when a
 model is built or an engine started.

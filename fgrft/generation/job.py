@@ -9,7 +9,7 @@
     4. write    records.jsonl, traces.jsonl and summary.json (always all three, even when
                 nothing was kept) plus questions.jsonl (every question's outcome); summary
                 counts and cost to MLflow, with the source questions and the records as inputs,
-                a table row and (``traces=true``) a trace per question (fgrft.pipeline.traces)
+                a table row and (``traces=true``) a trace per question (fgrft.generation.traces)
 
 Re-running the same command resumes: every call answered before (also by a run killed with
 ``kill -9``) is a free cache hit, so only unfinished calls are paid for. A spent budget stops
@@ -37,14 +37,14 @@ from fgrft.data import (DataUnavailable, OverlapSettings, check_contamination, l
                         load_source)
 from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
                        TraceEvent, load_prices)
-from fgrft.pipeline import plan as planning
-from fgrft.pipeline.backends import ROLES, open_backends, role_settings
-from fgrft.pipeline.guards import REASONS
-from fgrft.pipeline.progress import Progress
-from fgrft.pipeline.prompts import PromptSet, load_prompts
-from fgrft.pipeline.run import Fallback, Outcome, Pipeline, RunSettings
-from fgrft.pipeline.traces import QuestionViews
-from fgrft.pipeline.steps import STEPS
+from fgrft.generation import plan as planning
+from fgrft.generation.endpoints import ROLES, open_backends, role_settings
+from fgrft.generation.guards import REASONS
+from fgrft.generation.progress import Progress
+from fgrft.generation.prompts import PromptSet, load_prompts
+from fgrft.generation.run import Fallback, Outcome, Pipeline, RunSettings
+from fgrft.generation.traces import QuestionViews
+from fgrft.generation.steps import STEPS
 from fgrft.records import Question, write_jsonl
 from fgrft.tracking import TrackedRun
 

@@ -5,7 +5,7 @@ vLLM's own batch runner (``vllm run_batch``) on the same file format, offline.
     engine.batcher.use_client(endpoint.lane_key, api)
 
 Each created batch is one ``python -m vllm.entrypoints.openai.run_batch`` process started with
-the embedded server's engine settings (:func:`fgrft.pipeline.server.server_command`'s flags:
+the embedded server's engine settings (:func:`fgrft.models.server.server_command`'s flags:
 no chunked prefill with seeded requests, the guidance structured-output backend, the server's
 generation config, the served name ``smol`` that the request bodies carry). It loads the model
 for every batch and writes its output at the end; that is the price of the toy path.
@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from fgrft.pipeline.server import (KV_CACHE_GIB, MAX_MODEL_LEN, SERVED_NAME, STRUCTURED_OUTPUTS,
+from fgrft.models.server import (KV_CACHE_GIB, MAX_MODEL_LEN, SERVED_NAME, STRUCTURED_OUTPUTS,
                                    _die_with_parent, engine_flags)
 
 

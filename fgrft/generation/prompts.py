@@ -7,7 +7,7 @@
 A template's hash is the sha256 of its file's text (16 hex digits), so editing one prompt
 changes its hash (and, through the request bytes, the response-cache keys of that step only).
 The variables a template receives come from the recipe's context function
-(:mod:`fgrft.pipeline.steps`), and an
+(:mod:`fgrft.generation.steps`), and an
 undefined variable is an error (``StrictUndefined``), never an empty string.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import jinja2
 
 from fgrft.config import PROMPTS_DIR
-from fgrft.pipeline.steps import STEP_NAMES, Recipe, get_recipe
+from fgrft.generation.steps import STEP_NAMES, Recipe, get_recipe
 from fgrft.records import Question
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,

@@ -7,8 +7,8 @@ from fgrft.config import PRICES_FILE
 from tests.support.step_responder import StepResponder, step_of
 from fgrft.data import load_source
 from fgrft.llm import EndpointConfig, Engine, Ledger, RetryPolicy, load_prices
-from fgrft.pipeline.prompts import load_prompts
-from fgrft.pipeline.run import Fallback, Pipeline, RunSettings
+from fgrft.generation.prompts import load_prompts
+from fgrft.generation.run import Fallback, Pipeline, RunSettings
 from tests.support.fault_server import error, length, refusal, truncated
 
 PROMPTS = load_prompts("fgrft_plus")

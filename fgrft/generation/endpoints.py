@@ -51,7 +51,7 @@ def served_model(settings: dict[str, Any]) -> str:
 
 
 # The embedded model in batch mode has no server: its lane is named by this placeholder URL
-# and its batches run through vllm run_batch (fgrft.pipeline.local_batch).
+# and its batches run through vllm run_batch (fgrft.generation.local_batch).
 EMBEDDED_BATCH_URL = "http://embedded-batch.invalid/v1"
 
 
@@ -98,7 +98,7 @@ def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
                 url = server.base_url if server is not None else EMBEDDED_BATCH_URL
                 endpoints[role] = endpoint(role, s, base_url=url, cache_scope=scope)
                 if s.get("mode") == "batch":
-                    from fgrft.pipeline.local_batch import LocalBatchAPI
+                    from fgrft.generation.local_batch import LocalBatchAPI
 
                     key = endpoints[role].lane_key
                     batch_clients.setdefault(key, LocalBatchAPI(
@@ -135,6 +135,6 @@ def _embedded_model(cfg: DictConfig) -> tuple[Path, str]:
 
 
 def _start_embedded(model_dir: Path, run_dir: Path):
-    from fgrft.pipeline.server import EmbeddedServer
+    from fgrft.models.server import EmbeddedServer
 
     return EmbeddedServer(model_dir, log_path=run_dir / "server.log").start()

@@ -4,8 +4,7 @@
     prompts.py   templates under prompts/, rendered per step, identified by content hash
     guards.py    checks between steps and the drop reasons
     run.py       the chain per question, many questions concurrently, through the call engine
-    backends.py  generator / verifier endpoints (and the embedded server when needed)
-    server.py    the embedded vLLM CPU server's life cycle
+    endpoints.py generator / verifier endpoints (and the embedded server when needed)
     plan.py      dry-run planning and pricing
     progress.py  live bar or periodic log lines
     job.py       the Hydra job: select, plan or run, write the files
