@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
-from fgrft.evaluation.prompts import load_template, render_all
-from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, encode_chat, request_seed
+from fgrft.prompts import load_template, render_all
+from fgrft.evaluation.requests import CompletionSink, GenerationRequest, Sampling, encode_chat, request_seed
 
 
 def _requests(tokenizer, texts, ids, seed=42):
@@ -51,8 +51,8 @@ def main() -> int:
         return 0
     from transformers import AutoTokenizer
 
-    from fgrft.inference.hf import generate_hf, load_hf
-    from fgrft.inference.vllm import generate_with_engine
+    from fgrft.evaluation.backends.hf import generate_hf, load_hf
+    from fgrft.evaluation.backends.vllm import generate_with_engine
     from fgrft.models import ensure_built
     from fgrft.models.engine import start_vllm_engine, stop_vllm_engine
 

@@ -12,7 +12,7 @@ def evaluate(cfg, tracked):
 
 
 def _prepare(cfg, overrides):
-    from fgrft.evaluation.replay import with_replay_lineage
+    from fgrft.evaluation.backends.replay import with_replay_lineage
 
     if cfg.get("resume") is False:
         # Before the tracked run starts, so that it is a fresh MLflow run in the same directory.

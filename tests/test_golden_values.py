@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from fgrft.config import CONF_DIR
 from fgrft.config.resolvers import register_resolvers
 from fgrft.data.benchmarks import benchmark_items, load_benchmark
-from fgrft.evaluation.prompts import items_hash, load_template, prompt_hash, render_all
-from fgrft.inference.requests import request_key as sample_key
+from fgrft.prompts import items_hash, load_template, prompt_hash, render_all
+from fgrft.evaluation.requests import request_key as sample_key
 from fgrft.llm import build_request, profile_for, request_key
 from fgrft.llm.config import EndpointConfig, Sampling
 from fgrft.records import Question, item_id, stem_id

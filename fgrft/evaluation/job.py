@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
-from fgrft.evaluation.prompts import items_hash, load_template, prompt_hash, render, render_all
-from fgrft.evaluation.replay import load_replay, replay_lineage
-from fgrft.inference.requests import (
+from fgrft.prompts import items_hash, load_template, prompt_hash, render, render_all
+from fgrft.evaluation.backends.replay import load_replay, replay_lineage
+from fgrft.evaluation.requests import (
     Completion,
     CompletionSink,
     GenerationRequest,
@@ -168,7 +168,7 @@ def _check_fingerprint(cfg: DictConfig, model_path: str | None, requests: list[G
         prompts = [endpoint, *(r.messages for r in requests)]
         weights = {"api_model": cfg.inference.model}
     else:
-        from fgrft.inference.backends import encode_requests
+        from fgrft.evaluation.backends import encode_requests
 
         encode_requests(model_path, requests)
         prompts = [r.prompt_token_ids for r in requests]
@@ -178,7 +178,7 @@ def _check_fingerprint(cfg: DictConfig, model_path: str | None, requests: list[G
 
 def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, questions: list[Question],
               prompts: list[str], run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]] | None:
-    from fgrft.inference.backends import run_backend
+    from fgrft.evaluation.backends import run_backend
 
     t = cfg.temperature
     sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens)
@@ -190,7 +190,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
     api = cfg.inference.backend == "openai"
     scope = ""
     if api:
-        from fgrft.inference.openai import evaluation_cache_scope
+        from fgrft.evaluation.backends.openai import evaluation_cache_scope
 
         scope = evaluation_cache_scope(cfg.model, cfg.inference)
     if not cfg.get("dry_run"):
@@ -202,7 +202,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
         log.info("resuming: %d of %d completions already on disk", len(requests) - len(pending), len(requests))
     ledger = None
     if api:
-        from fgrft.inference.openai import estimate_openai
+        from fgrft.evaluation.backends.openai import estimate_openai
         from fgrft.config import PRICES_FILE
         from fgrft.llm import Budget, Ledger, load_prices
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
+from fgrft.evaluation.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
 
 log = logging.getLogger(__name__)
 

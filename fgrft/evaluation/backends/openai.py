@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fgrft.config import PRICES_FILE
-from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling
+from fgrft.evaluation.requests import Completion, CompletionSink, GenerationRequest, Sampling
 from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
                        Estimate, FatalAPIError, Ledger, OutputError, PlannedCall,
                        SqliteResponseCache, build_request, estimate, load_prices, profile_for,

@@ -1,4 +1,4 @@
-"""`inference=vllm`: vLLM's offline engine, run as `python -m fgrft.inference.vllm SPEC`.
+"""`inference=vllm`: vLLM's offline engine, run as `python -m fgrft.evaluation.backends.vllm SPEC`.
 
 The parent job writes a spec (model, engine settings, sampling, requests with
 their prompt token ids) and this worker generates in chunks, appending each
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
+from fgrft.evaluation.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def engine_kwargs(model_path: str, inference: Any) -> dict[str, Any]:
     if inference.tensor_parallel_size > 1:
         overrides["tensor_parallel_size"] = inference.tensor_parallel_size
     # data_parallel_size is not an engine setting here: the offline engine of the pinned vLLM refuses
-    # it, so fgrft.inference.backends starts one engine per data-parallel rank instead.
+    # it, so fgrft.evaluation.backends starts one engine per data-parallel rank instead.
     if inference.enforce_eager is not None:
         overrides["enforce_eager"] = inference.enforce_eager
     if inference.dtype != "auto":

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.inference import backends
-from fgrft.inference.requests import Completion, CompletionSink
+from fgrft.evaluation import backends
+from fgrft.evaluation.requests import Completion, CompletionSink
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,7 @@ def test_gpu_groups_follow_visible_devices_and_tensor_parallel(monkeypatch):
 def test_the_engine_is_never_asked_for_data_parallelism(tmp_path):
     from omegaconf import OmegaConf
 
-    from fgrft.inference.vllm import engine_kwargs
+    from fgrft.evaluation.backends.vllm import engine_kwargs
 
     inference = OmegaConf.create({"tensor_parallel_size": 1, "data_parallel_size": 4, "enforce_eager": None,
                                   "dtype": "auto", "max_model_len": 512, "gpu_memory_utilization": None})

@@ -10,9 +10,9 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from fgrft.inference.openai import (call_sampling, endpoint_config, estimate_openai,
+from fgrft.evaluation.backends.openai import (call_sampling, endpoint_config, estimate_openai,
                                     evaluation_cache_scope, generate_openai)
-from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, request_seed
+from fgrft.evaluation.requests import CompletionSink, GenerationRequest, Sampling, request_seed
 from fgrft.config import PRICES_FILE
 from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
                        FatalAPIError, Ledger, OutputError, load_prices)
