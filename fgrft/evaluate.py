@@ -2,7 +2,7 @@
 
 Usage: python -m fgrft.evaluate [model=...] [benchmark=...] [inference=vllm|hf|openai|replay] [scorer=...] [-m]
 """
-from fgrft.cli import hydra_entry
+from fgrft.app import hydra_entry
 
 
 def evaluate(cfg, tracked):
@@ -24,7 +24,13 @@ def _prepare(cfg, overrides):
     return with_replay_lineage(cfg, overrides)
 
 
-main = hydra_entry("evaluate", evaluate, prepare=_prepare)
+def _check(cfg):
+    from fgrft.evaluation.job import check_inputs
+
+    check_inputs(cfg)
+
+
+main = hydra_entry("evaluate", evaluate, prepare=_prepare, check=_check)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ Usage: python -m fgrft.generate [generator=...] [verifier=...] [source=...] [dry
 P1 student reasoning, P2 verifier, P3 guided correction, validation gate (+ revision), P4
 conversational CoT, P5 final response; see fgrft/generation/job.py.
 """
-from fgrft.cli import hydra_entry
+from fgrft.app import hydra_entry
 
 
 def generate_job(cfg, tracked):
@@ -14,7 +14,13 @@ def generate_job(cfg, tracked):
     return job(cfg, tracked)
 
 
-main = hydra_entry("generate", generate_job)
+def _check(cfg):
+    from fgrft.generation.job import check_settings
+
+    check_settings(cfg)
+
+
+main = hydra_entry("generate", generate_job, check=_check)
 
 if __name__ == "__main__":
     main()

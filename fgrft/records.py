@@ -6,8 +6,8 @@ One type per arrow of the data flow (DESIGN.md):
 * :class:`TrainingRecord` Stage 1 output, Stage 2 input (``records.jsonl``)
 * :class:`Prediction`     Stage 3 output (``predictions.jsonl``)
 
-This module imports nothing else from the package so that any module (and any
-external tool) can read and write the files without pulling in torch or vLLM.
+This module imports nothing else from the package but :mod:`fgrft.errors` so that any module
+(and any external tool) can read and write the files without pulling in torch or vLLM.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
+
+from fgrft.errors import RecordError
 
 SCHEMA_VERSION = 1
 # A fine-tuned checkpoint's lineage (its training run, data, base model), written by
@@ -30,24 +32,6 @@ QUESTION_PREAMBLE = "Please answer the following multiple-choice question:"
 _WS = re.compile(r"\s+")
 # An option line as the evaluation prompt renders it: "A. text" (also "A) text", "(A) text").
 OPTION_LINE = re.compile(r"^\s*\(?([A-N])[.)]\s+(.*\S)\s*$")
-
-
-class RecordError(ValueError):
-    """A malformed record: the message names file, record index and field."""
-
-    def __init__(self, message: str, *, file: str | Path | None = None,
-                 index: int | None = None, field: str | None = None):
-        self.file, self.index, self.field = file, index, field
-        # The bare message, so a caller can re-raise it with a location added.
-        self.reason = message
-        where = []
-        if file is not None:
-            where.append(str(file))
-        if index is not None:
-            where.append(f"record {index}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
 def fold(text: str) -> str:

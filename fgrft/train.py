@@ -2,7 +2,7 @@
 
 Usage: python -m fgrft.train [group=option ...] [key=value ...] [-m] [--cfg job] [--help]
 """
-from fgrft.cli import hydra_entry
+from fgrft.app import hydra_entry
 
 
 def train_job(cfg, tracked):

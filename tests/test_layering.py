@@ -66,6 +66,9 @@ RULES = [
     ("fgrft/training", ("fgrft.evaluation", "fgrft.generation", "fgrft.reporting")),
     ("fgrft/prompts.py", ("fgrft.generation", "fgrft.training", "fgrft.evaluation",
                           "fgrft.reporting", "fgrft.tracking")),
+    # The app wires the stages; nothing below it reaches back up.
+    *((root, ("fgrft.app",)) for root in ("fgrft/tracking.py", "fgrft/generation", "fgrft/training",
+                                          "fgrft/evaluation", "fgrft/reporting", "fgrft/config")),
     # Test support is shared with benchmarks, so it must not depend on them.
     ("tests/support", ("benchmarks",)),
 ]

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
 from fgrft.prompts import items_hash, load_template, prompt_hash, render, render_all
-from fgrft.evaluation.backends.replay import load_replay, replay_lineage
+from fgrft.evaluation.backends.replay import check_replay_file, load_replay, replay_lineage
 from fgrft.evaluation.requests import (
     Completion,
     CompletionSink,
@@ -33,6 +33,14 @@ from fgrft.tracking import TrackedRun
 log = logging.getLogger(__name__)
 
 LINEAGE_KEYS = ("base_model", "data_hash", "train_run_id")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The user errors found without loading anything: the prompt template and a replay's file.
+    The entrypoint runs it before the MLflow run opens."""
+    load_template(cfg.prompt.template)
+    if cfg.inference.backend == "replay":
+        check_replay_file(cfg.inference.path)
 
 
 def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:

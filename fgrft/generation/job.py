@@ -64,6 +64,17 @@ class Selection:
     total: int                         # questions selected from the source
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """The user errors found without calling anything: prompts, role settings, the contamination
+    check's benchmarks. The entrypoint runs it before the MLflow run opens."""
+    load_prompts(cfg.recipe)
+    step_sampling({role: role_settings(cfg, role) for role in ROLES})
+    if cfg.max_revisions < 0:
+        raise ConfigError(f"max_revisions must be >= 0, got {cfg.max_revisions}")
+    if cfg.contamination.mode != "skip":  # (skip only warns, and the job does that)
+        contamination_benchmarks(cfg)
+
+
 def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     started = time.monotonic()
     run_dir = tracked.job.run_dir

@@ -73,11 +73,17 @@ def replay_lineage(path: str | Path, model_path: str | None) -> dict[str, Any]:
     return {}
 
 
-def load_replay(path: str | Path, render_prompt: Callable[[str, dict[str, str]], str]) -> list[Prediction]:
-    """Predictions to score again. `render_prompt(question, options)` fills a missing prompt."""
+def check_replay_file(path: str | Path) -> Path:
+    """The file a replay reads; a RecordError naming it if it is not there."""
     path = replay_file(path)
     if not path.is_file():
         raise RecordError("replay file does not exist", file=path)
+    return path
+
+
+def load_replay(path: str | Path, render_prompt: Callable[[str, dict[str, str]], str]) -> list[Prediction]:
+    """Predictions to score again. `render_prompt(question, options)` fills a missing prompt."""
+    path = check_replay_file(path)
     text = path.read_text(encoding="utf-8")
     if not text.strip():
         raise RecordError("empty file", file=path)
