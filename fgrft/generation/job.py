@@ -42,6 +42,7 @@ from fgrft.generation.endpoints import ROLES, open_backends, role_settings
 from fgrft.generation.guards import REASONS
 from fgrft.generation.progress import Progress
 from fgrft.generation.prompts import PromptSet, load_prompts
+from fgrft.prompts import items_hash
 from fgrft.generation.run import Fallback, Outcome, Pipeline, RunSettings
 from fgrft.generation.traces import QuestionViews
 from fgrft.generation.steps import STEPS
@@ -89,7 +90,7 @@ def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     if cfg.dry_run:
         return _dry_run(cfg, tracked, prompts, benchmarks)
     selection = select_questions(cfg, benchmarks)
-    tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
+    tracked.log_params({"items_hash": items_hash([q.id for q in selection.questions]),
                         "source_origin": selection.origin})
     _log_source(cfg, selection)
     ledger = Ledger(load_prices(PRICES_FILE), Budget.from_setting(cfg.budget_usd))
@@ -385,7 +386,7 @@ def _log_source(cfg: DictConfig, selection: Selection) -> None:
     else:
         origin, hub = selection.origin, False
     ids = [q.id for q in selection.questions]
-    log_dataset(src.name, origin, _items_hash(ids), ids, SOURCE, sources=[q.source for q in selection.questions],
+    log_dataset(src.name, origin, items_hash(ids), ids, SOURCE, sources=[q.source for q in selection.questions],
                 hub=hub)
 
 
@@ -396,7 +397,3 @@ def _log_records(cfg: DictConfig, run_dir: Path, outcomes: list[Outcome]) -> Non
     path = run_dir / "records.jsonl"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     log_dataset(f"{cfg.source.name} records", str(path), digest, [o.id for o in outcomes if o.kept], RECORDS)
-
-
-def _items_hash(ids: list[str]) -> str:
-    return hashlib.sha256("\x1e".join(ids).encode()).hexdigest()[:16]
