@@ -19,7 +19,6 @@ The Hydra app and the task wrapper that validates, scales and runs a job are in
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -40,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgrft.config.resolvers import short_hash
 from fgrft.errors import USER_ERRORS
+from fgrft.records import CONFIG_FILE
 from fgrft.run_names import command_line, run_name, sweep_name
 from fgrft.secrets import redact, redact_obj, register_secret_envs
 
@@ -261,7 +261,7 @@ def job_run(cfg: DictConfig, job: JobInfo) -> Iterator[TrackedRun]:
 
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(redact_obj(container)))
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(redact_obj(container)))
 
 
 def _log_run_dir(run_dir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.models.engine import cpu_has_native_bf16
+from fgrft.models.vllm_settings import cpu_has_native_bf16
 
 from fgrft.models.server import EmbeddedServer, ServerError, server_command
 

@@ -60,15 +60,15 @@ def test_a_crashed_runs_parts_count_as_done(tmp_path):
 
 
 def test_gpu_groups_follow_visible_devices_and_tensor_parallel(monkeypatch):
-    import fgrft.models.engine as engine
+    import fgrft.models.vllm_settings as vllm_settings
 
-    monkeypatch.setattr(engine, "cuda_available", lambda: True)
+    monkeypatch.setattr(vllm_settings, "cuda_available", lambda: True)
     env = {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
     assert backends.device_groups(2, 2, env) == ["4,5", "6,7"]
     assert backends.device_groups(4, 1, env) == ["4", "5", "6", "7"]
     with pytest.raises(ValueError, match="data_parallel_size=4 x inference.tensor_parallel_size=2 needs 8 GPUs"):
         backends.device_groups(4, 2, env)
-    monkeypatch.setattr(engine, "cuda_available", lambda: False)
+    monkeypatch.setattr(vllm_settings, "cuda_available", lambda: False)
     assert backends.device_groups(2, 1, env) == [None, None]
 
 

@@ -13,9 +13,9 @@ from fgrft.config import CONF_DIR
 from fgrft.config.resolvers import register_resolvers
 from fgrft.data.benchmarks import benchmark_items, load_benchmark
 from fgrft.prompts import items_hash, load_template, prompt_hash, render_all
-from fgrft.evaluation.requests import request_key as sample_key
+from fgrft.evaluation.requests import sample_key
 from fgrft.llm import build_request, profile_for, request_key
-from fgrft.llm.config import EndpointConfig, Sampling
+from fgrft.llm.config import EndpointSettings, Sampling
 from fgrft.records import Question, item_id, stem_id
 
 
@@ -32,7 +32,7 @@ def test_question_id_and_stem_id():
 
 @pytest.mark.parametrize("kind", ["openai", "vllm"])
 def test_response_cache_keys(kind):
-    ep = EndpointConfig(base_url="http://127.0.0.1:1/v1", model="gpt-4o-2024-08-06", kind=kind)
+    ep = EndpointSettings(base_url="http://127.0.0.1:1/v1", model="gpt-4o-2024-08-06", kind=kind)
     req = build_request(profile_for(ep), ep.model,
                         [{"role": "system", "content": "You are a doctor."}, {"role": "user", "content": "Q?"}],
                         Sampling(temperature=0.7, top_p=0.95, max_tokens=512, seed=42),

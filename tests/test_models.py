@@ -25,7 +25,7 @@ from fgrft.models import (
     write_training_chat_template,
 )
 from fgrft.models import chat_templates as ct
-from fgrft.models.engine import cpu_engine_env, cpu_has_native_bf16
+from fgrft.models.vllm_settings import cpu_engine_env, cpu_has_native_bf16
 from fgrft.models import embedded
 
 # --- stock templates written from memory (test fixtures, not shipped code) ----

@@ -23,10 +23,11 @@ from fgrft.evaluation.requests import (
     CompletionSink,
     GenerationRequest,
     Sampling,
-    request_key,
+    sample_key,
     request_seed,
 )
-from fgrft.records import LINEAGE_FILE, Prediction, Question, write_jsonl
+from fgrft.records import (DRY_RUN_FILE, LINEAGE_FILE, METRICS_FILE, PREDICTIONS_FILE, SCORER_AUDIT_FILE, Prediction,
+                           Question, write_jsonl)
 from fgrft.scoring import mlflow_metrics, score_predictions
 from fgrft.tracking import TrackedRun
 
@@ -72,9 +73,9 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     rows = [{**p.to_dict(), **both} for p, both in zip(scored.predictions, scored.by_scorer)]
     if cfg.scorer.name == "thesis":  # every line keeps head/tail, null for dropped empty outputs
         rows = [{**row, "head": p.head, "tail": p.tail} for row, p in zip(rows, scored.predictions)]
-    write_jsonl(run_dir / "predictions.jsonl", rows)
-    (run_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2))
-    write_jsonl(run_dir / "scorer_audit.jsonl", scored.audit)
+    write_jsonl(run_dir / PREDICTIONS_FILE, rows)
+    (run_dir / METRICS_FILE).write_text(json.dumps(scored.metrics, indent=2))
+    write_jsonl(run_dir / SCORER_AUDIT_FILE, scored.audit)
     if checkpoint_lineage:  # kept beside the predictions, so a replay of this run keeps its arm
         (run_dir / LINEAGE_FILE).write_text(json.dumps(checkpoint_lineage, indent=2) + "\n")
     lineage = {k: checkpoint_lineage.get(k) for k in LINEAGE_KEYS} if checkpoint_lineage else {}
@@ -189,9 +190,9 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
     from fgrft.evaluation.backends import run_backend
 
     t = cfg.temperature
-    sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens)
+    sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_tokens=t.max_new_tokens)
     requests = [
-        GenerationRequest(key=request_key(q.id, s), messages=[{"role": "user", "content": text}],
+        GenerationRequest(key=sample_key(q.id, s), messages=[{"role": "user", "content": text}],
                           seed=request_seed(t.seed, q.id, s))
         for q, text in zip(questions, prompts) for s in range(t.n_samples)
     ]
@@ -218,7 +219,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
             estimate = estimate_openai(cfg.inference, pending, sampling, cache_dir=cfg.paths.cache,
                                        cache_scope=scope)
             print(estimate.format())
-            (run_dir / "dry_run.json").write_text(json.dumps(estimate.to_dict(), indent=2))
+            (run_dir / DRY_RUN_FILE).write_text(json.dumps(estimate.to_dict(), indent=2))
             return None
         ledger = Ledger(load_prices(PRICES_FILE), Budget.from_setting(cfg.get("budget_usd")))
     elif cfg.get("dry_run"):
@@ -244,7 +245,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
     predictions = []
     for q, text in zip(questions, prompts):
         for s in range(t.n_samples):
-            c: Completion = done[request_key(q.id, s)]
+            c: Completion = done[sample_key(q.id, s)]
             predictions.append(Prediction(id=q.id, source=q.source, sample=s, question=q.question,
                                           options=dict(q.options), answer_idx=q.answer_idx, prompt=text,
                                           output=c.text, finish_reason=c.finish_reason))

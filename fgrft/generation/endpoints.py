@@ -1,7 +1,7 @@
 """The generator and verifier endpoints a run talks to, from the ``generator``/``verifier`` groups.
 
     with open_backends(cfg, run_dir) as backends:   # starts the embedded server if a role needs it
-        backends.endpoints["generator"]             # an fgrft.llm.EndpointConfig
+        backends.endpoints["generator"]             # an fgrft.llm.EndpointSettings
         backends.fallback                           # the verifier's fallback endpoint, or None
 
 Kinds: ``embedded`` (the smol model on a local vLLM CPU server started here and stopped on
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from fgrft.llm import ConfigError, EndpointConfig
+from fgrft.llm import ConfigError, EndpointSettings
 from fgrft.llm.profiles import is_reasoning_model
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,12 @@ EMBEDDED_BATCH_URL = "http://embedded-batch.invalid/v1"
 
 
 def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None,
-             model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointConfig:
+             model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointSettings:
     base_url = base_url or settings.get("base_url")
     if not base_url:
         raise ConfigError(f"{role}.base_url must be set for kind={settings['kind']}")
     extra = {k: settings[k] for k in _ENDPOINT_KEYS if settings.get(k) is not None}
-    return EndpointConfig(base_url=base_url, model=model or served_model(settings),
+    return EndpointSettings(base_url=base_url, model=model or served_model(settings),
                           kind="openai" if settings["kind"] == "openai" else "vllm",
                           structured=settings["structured"],
                           name=name or role, cache_scope=cache_scope, **extra)
@@ -70,8 +70,8 @@ def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None
 @dataclass
 class Backends:
     settings: dict[str, dict[str, Any]]        # role -> its group's keys
-    endpoints: dict[str, EndpointConfig]       # role -> endpoint
-    fallback: EndpointConfig | None = None
+    endpoints: dict[str, EndpointSettings]       # role -> endpoint
+    fallback: EndpointSettings | None = None
     fallback_temperature: float | None = None
     after_failures: int = 3
     # lane key -> the Files/Batches client of a lane not served by a provider (embedded batch)

@@ -46,7 +46,8 @@ from fgrft.prompts import items_hash
 from fgrft.generation.run import Fallback, Outcome, Pipeline, RunSettings
 from fgrft.generation.traces import QuestionViews
 from fgrft.generation.steps import STEPS
-from fgrft.records import Question, write_jsonl
+from fgrft.records import (DRY_RUN_FILE, QUESTIONS_FILE, RECORDS_FILE, SUMMARY_FILE, Question,
+                           write_jsonl)
 from fgrft.tracking import TrackedRun
 
 log = logging.getLogger("fgrft.generate")
@@ -221,7 +222,7 @@ def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet,
     plan.notes += notes
     est, batch = planning.price(plan), planning.price(plan, mode="batch")
     print(planning.report(plan, est, batch), flush=True)
-    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra, batch))
+    (tracked.job.run_dir / DRY_RUN_FILE).write_text(planning.to_json(plan, est, extra, batch))
     tracked.log_metrics({"planned_calls": est.total.calls, "estimated_cost_usd": est.total.cost_usd,
                          "questions": count})
     return est.to_dict()
@@ -364,11 +365,11 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _write(run_dir: Path, outcomes: list[Outcome], summary: dict[str, Any]) -> None:
-    write_jsonl(run_dir / "records.jsonl", [o.record for o in outcomes if o.kept])
-    write_jsonl(run_dir / "questions.jsonl", [o.to_dict() for o in outcomes])
+    write_jsonl(run_dir / RECORDS_FILE, [o.record for o in outcomes if o.kept])
+    write_jsonl(run_dir / QUESTIONS_FILE, [o.to_dict() for o in outcomes])
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "summary.json")
+    tmp.replace(run_dir / SUMMARY_FILE)
 
 
 def _log_source(cfg: DictConfig, selection: Selection) -> None:
@@ -394,6 +395,6 @@ def _log_records(cfg: DictConfig, run_dir: Path, outcomes: list[Outcome]) -> Non
     """The kept records this run wrote, as an MLflow input in context ``records``."""
     from fgrft.mlflow_lineage import RECORDS, log_dataset
 
-    path = run_dir / "records.jsonl"
+    path = run_dir / RECORDS_FILE
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     log_dataset(f"{cfg.source.name} records", str(path), digest, [o.id for o in outcomes if o.kept], RECORDS)

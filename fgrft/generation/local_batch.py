@@ -31,7 +31,7 @@ from fgrft.models.server import (KV_CACHE_GIB, MAX_MODEL_LEN, SERVED_NAME, STRUC
 
 
 def runner_command(model_dir: str | Path, input_path: Path, output_path: Path) -> list[str]:
-    from fgrft.models.engine import vllm_engine_kwargs
+    from fgrft.models.vllm_settings import vllm_engine_kwargs
 
     kwargs = vllm_engine_kwargs(model_dir, cpu=True, max_model_len=MAX_MODEL_LEN,
                                 kv_cache_gib=KV_CACHE_GIB)
@@ -87,7 +87,7 @@ class LocalBatchAPI:
                 "status": "in_progress", "output_file_id": None, "errors": None,
                 "total": len(self._file(input_file_id).read_bytes().splitlines())}
         self._save(meta)
-        from fgrft.models.engine import cpu_engine_env
+        from fgrft.models.vllm_settings import cpu_engine_env
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -18,7 +18,7 @@ from .embedded import (
     is_built,
     smollm2_gguf_path,
 )
-from .engine import start_vllm_engine, stop_vllm_engine, vllm_engine_kwargs
+from .vllm_settings import start_vllm_engine, stop_vllm_engine, vllm_engine_kwargs
 from .resolve import ModelSpecError, ResolvedModel, check_model_spec, resolve_model
 
 __all__ = [

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from fgrft.records import METRICS_FILE, PREDICTIONS_FILE, SCORER_AUDIT_FILE
+
 EVAL_DIR = "evaluation"
 _KEYS = ("paths", "scale", "experiment_name", "model", "benchmark", "temperature", "inference", "scorer", "prompt")
 _INHERITED_TAGS = ("sweep_id", "git_commit", "git_dirty", "overrides", "host")
@@ -54,7 +56,7 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path, evalua
                              job=JobInfo(stage="evaluate", run_dir=eval_dir, sweep_dir=None))
         tracked.log_params(config_params(eval_cfg))
         metrics = evaluate(eval_cfg, tracked)
-        for name in ("predictions.jsonl", "metrics.json", "scorer_audit.jsonl"):
+        for name in (PREDICTIONS_FILE, METRICS_FILE, SCORER_AUDIT_FILE):
             if (eval_dir / name).is_file():
                 tracked.log_artifact(eval_dir / name)
     return metrics["overall"]

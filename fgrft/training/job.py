@@ -26,7 +26,7 @@ from fgrft.config import ConfigError
 from fgrft.data import (OverlapSettings, check_contamination, load_training_records, overlapping_train_ids,
                         select_records)
 from fgrft.prompts import load_template
-from fgrft.records import TrainingRecord
+from fgrft.records import SUMMARY_FILE, TrainingRecord
 from fgrft.tracking import TrackedRun
 
 from .batching import effective_batching
@@ -39,7 +39,6 @@ from .lineage import (CHECKPOINTS_DIR, FINAL_DIR, claim_checkpoints, latest_chec
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass

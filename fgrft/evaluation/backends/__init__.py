@@ -73,7 +73,7 @@ def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[Generat
     # The engine lives in its own process per job: vLLM engines leak memory between
     # multirun jobs in one process, and a crash there cannot take the sweep down.
     from fgrft.evaluation.backends.vllm import engine_kwargs
-    from fgrft.models.engine import cpu_engine_env
+    from fgrft.models.vllm_settings import cpu_engine_env
 
     spec = {
         "model_path": model_path,
@@ -98,7 +98,7 @@ def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[Generat
 
 def device_groups(data_parallel: int, tensor_parallel: int, environ: Mapping[str, str]) -> list[str | None]:
     """``CUDA_VISIBLE_DEVICES`` of each data-parallel engine; None for each on a host without CUDA."""
-    from fgrft.models.engine import cuda_available
+    from fgrft.models.vllm_settings import cuda_available
 
     if not cuda_available():
         return [None] * data_parallel

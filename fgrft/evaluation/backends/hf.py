@@ -53,7 +53,7 @@ def generate_hf(tokenizer, model, requests: Sequence[GenerationRequest], samplin
                 input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                 do_sample=not greedy, temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p, top_k=None,
-                max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id,
+                max_new_tokens=sampling.max_tokens, pad_token_id=pad_id,
                 eos_token_id=sorted(eos_ids) or None,
             )
         completions = []

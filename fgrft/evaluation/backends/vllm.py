@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def engine_kwargs(model_path: str, inference: Any) -> dict[str, Any]:
     """`vllm.LLM` settings from the `inference` group (CPU-safe defaults from fgrft.models)."""
-    from fgrft.models.engine import vllm_engine_kwargs
+    from fgrft.models.vllm_settings import vllm_engine_kwargs
 
     overrides: dict[str, Any] = {}
     if inference.tensor_parallel_size > 1:
@@ -59,7 +59,7 @@ def generate_with_engine(llm: Any, requests: Sequence[GenerationRequest], sampli
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in chunk]
         params = [SamplingParams(temperature=0.0 if greedy else sampling.temperature,
                                  top_p=1.0 if greedy else sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, seed=None if greedy else r.seed)
+                                 max_tokens=sampling.max_tokens, seed=None if greedy else r.seed)
                   for r in chunk]
         outputs = llm.generate(prompts, params, use_tqdm=False)
         sink.append(
@@ -77,7 +77,7 @@ def main(spec_path: str) -> None:
     spec = json.loads(open(spec_path, encoding="utf-8").read())
     requests = [GenerationRequest(**r) for r in spec["requests"]]
     llm = LLM(**spec["engine"])
-    generate_with_engine(llm, requests, Sampling(**spec["sampling"]), CompletionSink(spec["sink"]),
+    generate_with_engine(llm, requests, Sampling.from_mapping(spec["sampling"]), CompletionSink(spec["sink"]),
                          chunk_size=spec["chunk_size"])
 
 
