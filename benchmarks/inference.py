@@ -54,7 +54,7 @@ def main() -> int:
     from fgrft.evaluation.backends.hf import generate_hf, load_hf
     from fgrft.evaluation.backends.vllm import generate_with_engine
     from fgrft.models import ensure_built
-    from fgrft.models.vllm_settings import start_vllm_engine, stop_vllm_engine
+    from tests.support.vllm_engine import start_vllm_engine, stop_vllm_engine
 
     cache = Path(os.environ.get("FGRFT_BENCH_CACHE", Path.cwd() / ".cache" / "fgrft"))
     model = ensure_built("smol", cache)

@@ -69,6 +69,14 @@ RULES = [
     # The app wires the stages; nothing below it reaches back up.
     *((root, ("fgrft.app",)) for root in ("fgrft/tracking.py", "fgrft/generation", "fgrft/training",
                                           "fgrft/evaluation", "fgrft/reporting", "fgrft/config")),
+    # Each stage uses the shared layers, not another stage's internals.
+    ("fgrft/evaluation", ("fgrft.generation", "fgrft.training", "fgrft.reporting")),
+    # Loaders, scorers and model plumbing sit below the stages and the call engine.
+    ("fgrft/data", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.reporting",
+                    "fgrft.tracking", "fgrft.app", "fgrft.llm", "fgrft.models")),
+    ("fgrft/scoring", ("fgrft.data", "fgrft.llm", "fgrft.models", "fgrft.app")),
+    ("fgrft/models", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.reporting",
+                      "fgrft.tracking", "fgrft.app", "fgrft.llm", "fgrft.data")),
     # Test support is shared with benchmarks, so it must not depend on them.
     ("tests/support", ("benchmarks",)),
 ]

@@ -8,4 +8,8 @@
 Every local backend receives the same prompt token ids, built once by
 :func:`fgrft.evaluation.requests.encode_chat` from the model's own chat template,
 so vLLM and transformers cannot drift apart on what the model is shown.
+
+Never imports the other stages (generation, training, reporting) or the app; prompts and
+hashes come from :mod:`fgrft.prompts`. Training reaches the evaluation job only through the
+function its entrypoint hands it (``evaluate_after``).
 """

@@ -9,5 +9,6 @@
     progress.py  live bar or periodic log lines
     job.py       the Hydra job: select, plan or run, write the files
 
-Importing the package imports neither torch nor vLLM.
+Importing the package imports neither torch nor vLLM. Never imports the other stages
+(training, evaluation, reporting) or the app; the embedded server is :mod:`fgrft.models.server`.
 """

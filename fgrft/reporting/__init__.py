@@ -5,4 +5,6 @@ collect  MLflow runs -> EvalRun views (eval_runs.py)
 tables   thesis-layout tables, baselines, letter distributions, claim checks
 paired   paired comparisons on the same items (bootstrap CI, McNemar), refusals
 assemble everything above in one Report; render / plots write it out; job runs it
+
+Reads runs through MLflow and the shared record types; never imports Stage 1, Stage 2 or the app.
 """
