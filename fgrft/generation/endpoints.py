@@ -1,8 +1,8 @@
 """The generator and verifier endpoints a run talks to, from the ``generator``/``verifier`` groups.
 
-    with open_backends(cfg, run_dir) as backends:   # starts the embedded server if a role needs it
-        backends.endpoints["generator"]             # an fgrft.llm.EndpointSettings
-        backends.fallback                           # the verifier's fallback endpoint, or None
+    with open_endpoints(cfg, run_dir) as backends:   # starts the embedded server if a role needs it
+        backends.endpoints["generator"]              # an fgrft.llm.EndpointSettings
+        backends.fallback                            # the verifier's fallback endpoint, or None
 
 Kinds: ``embedded`` (the smol model on a local vLLM CPU server started here and stopped on
 the way out; both roles share it, hence one lane), ``vllm`` (any OpenAI-compatible server at
@@ -68,9 +68,9 @@ def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None
 
 
 @dataclass
-class Backends:
+class RoleEndpoints:
     settings: dict[str, dict[str, Any]]        # role -> its group's keys
-    endpoints: dict[str, EndpointSettings]       # role -> endpoint
+    endpoints: dict[str, EndpointSettings]     # role -> endpoint
     fallback: EndpointSettings | None = None
     fallback_temperature: float | None = None
     after_failures: int = 3
@@ -79,7 +79,7 @@ class Backends:
 
 
 @contextlib.contextmanager
-def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
+def open_endpoints(cfg: DictConfig, run_dir: Path) -> Iterator[RoleEndpoints]:
     settings = {role: role_settings(cfg, role) for role in ROLES}
     server = None
     try:
@@ -106,7 +106,7 @@ def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
                         log_path=run_dir / "batch.log"))
             else:
                 endpoints[role] = endpoint(role, s)
-        backends = Backends(settings=settings, endpoints=endpoints, batch_clients=batch_clients)
+        backends = RoleEndpoints(settings=settings, endpoints=endpoints, batch_clients=batch_clients)
         fb = settings["verifier"].get("fallback")
         if fb:
             if settings["verifier"]["kind"] == "embedded":

@@ -38,7 +38,7 @@ from fgrft.data import (DataUnavailable, OverlapSettings, check_contamination, l
 from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
                        TraceEvent, load_prices)
 from fgrft.generation import plan as planning
-from fgrft.generation.endpoints import ROLES, open_backends, role_settings
+from fgrft.generation.endpoints import ROLES, open_endpoints, role_settings
 from fgrft.generation.guards import REASONS
 from fgrft.generation.progress import Progress
 from fgrft.generation.prompts import PromptSet, load_prompts
@@ -258,7 +258,7 @@ def _execute(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet, selection
     try:
         if not selection.questions:
             return [], None, None, None
-        with open_backends(cfg, run_dir) as backends:
+        with open_endpoints(cfg, run_dir) as backends:
             tracked.log_params({f"model.{r}": backends.endpoints[r].model for r in ROLES})
             views.steps.local_models = {e.model for e in backends.endpoints.values() if e.kind != "openai"}
             settings = RunSettings(
