@@ -5,7 +5,8 @@ Every loader takes a plain mapping of its config group's keys (what
 raises :class:`~fgrft.records.RecordError` (naming file, record and field) for
 malformed data and :class:`DataUnavailable` for data that cannot be reached.
 Importing this package does not import ``datasets``; the hub is touched only
-when a loader resolves to it.
+when a loader resolves to it. Imports only :mod:`fgrft.records` from the rest of fgrft: never
+the stages, tracking, the app, the call engine or the models package.
 """
 from .benchmarks import BENCHMARK_NAMES, benchmark_items, load_benchmark
 from .contamination import (Overlap, OverlapSettings, check_contamination, find_overlaps,

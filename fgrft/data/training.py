@@ -24,10 +24,10 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-from fgrft.records import (Gold, RecordError, TrainingMeta, TrainingRecord, fold, item_id,
-                           question_with_options, split_option_lines)
+from fgrft.records import (COT_FIELDS, RecordError, TrainingRecord, gold_field, item_id, question_with_options,
+                           split_option_lines, text_field, training_record_from_row)
 
 from . import hub
 from .files import DataUnavailable, Row, bundled_path, read_grouped_rows
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("fgrft", "naive_cot")
 TARGET_FORMATS = ("thinking", "raw")
-COT_FIELDS = ("Complex_CoT", "guided_solution", "Guided_Solution")
-RESPONSE_FIELDS = ("Response", "final_response", "Final_Response")
 THINKING_TEMPLATE = "## Thinking\n\n{cot}\n\n## Final Response\n\n{response}"
 
 
@@ -150,80 +148,15 @@ def record_from_row(row: Any, data_format: str, default_source: str, origin: str
         structured = any(k in row for k in COT_FIELDS)
         if data_format == "naive_cot" and not structured:
             return naive_record_from_row(row, default_source)
-        return fgrft_record_from_row(row, default_source)
+        return training_record_from_row(row, default_source)
     except RecordError as e:
         raise located(e, origin, index) from None
 
 
-def _text(row: Mapping, names: Sequence[str], hint: str = "") -> str:
-    for name in names:
-        if name in row and row[name] is not None:
-            value = row[name]
-            if not isinstance(value, str):
-                raise RecordError(f"expected text, got {type(value).__name__}", field=name)
-            if not value.strip():
-                raise RecordError("empty text", field=name)
-            return value
-    aliases = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
-    raise RecordError(f"missing{aliases}{hint}", field=names[0])
-
-
-def fgrft_record_from_row(row: Mapping[str, Any], default_source: str) -> TrainingRecord:
-    """An FGRFT-shaped row (records.jsonl, or the thesis's alias spellings)."""
-    naive_hint = ("; this looks like a naive-CoT record (question/response): set data.format=naive_cot"
-                  if "response" in row and not any(k in row for k in COT_FIELDS) else "")
-    question = _text(row, ("Question", "question"))
-    cot = _text(row, COT_FIELDS, naive_hint)
-    response = _text(row, RESPONSE_FIELDS)
-    stem, options = split_option_lines(question)
-    record_id = row.get("id") or item_id(stem, options)
-    if not isinstance(record_id, str):
-        raise RecordError(f"expected text, got {type(record_id).__name__}", field="id")
-    source = row.get("source") or default_source
-    if not isinstance(source, str):
-        raise RecordError(f"expected text, got {type(source).__name__}", field="source")
-    raw = row.get("raw_response")
-    if raw is not None and not isinstance(raw, str):
-        raise RecordError(f"expected text, got {type(raw).__name__}", field="raw_response")
-    return TrainingRecord(id=record_id, source=source, Question=question, Complex_CoT=cot,
-                          Response=response, gold=_gold(row.get("gold"), options),
-                          meta=_meta(row.get("meta")),
-                          schema_version=row.get("schema_version", 1), raw_response=raw)
-
-
-def _gold(value: Any, options: Mapping[str, str]) -> Gold | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise RecordError(f"expected {{letter, text}}, got {type(value).__name__}", field="gold")
-    letter, text = value.get("letter"), value.get("text")
-    if not isinstance(letter, str) or not letter.strip():
-        raise RecordError("expected a letter", field="gold.letter")
-    if not isinstance(text, str):
-        raise RecordError("expected text", field="gold.text")
-    letter = letter.strip()
-    if options and letter not in options:
-        raise RecordError(f"gold letter {letter!r} is not among the question's options "
-                          f"{''.join(options)}", field="gold.letter")
-    if options and fold(text) != fold(options[letter]):
-        raise RecordError(f"gold text {text!r} differs from option {letter} ({options[letter]!r})",
-                          field="gold.text")
-    return Gold(letter=letter, text=text)
-
-
-def _meta(value: Any) -> TrainingMeta:
-    if value is None:
-        return TrainingMeta()
-    if not isinstance(value, Mapping):
-        raise RecordError(f"expected an object, got {type(value).__name__}", field="meta")
-    known = set(TrainingMeta.__dataclass_fields__)
-    return TrainingMeta(**{k: v for k, v in value.items() if k in known})
-
-
 def naive_record_from_row(row: Mapping[str, Any], default_source: str) -> TrainingRecord:
     """A naive-CoT row (``question``/``response``, as in HPAI-BSC/MedQA-Mixtral-CoT)."""
-    question = _text(row, ("question",))
-    response = _text(row, ("response",))
+    question = text_field(row, ("question",))
+    response = text_field(row, ("response",))
     stem, options = split_question_text(question)
     cot, final = split_conclusion(response)
     source = row.get("source") or default_source
@@ -231,7 +164,7 @@ def naive_record_from_row(row: Mapping[str, Any], default_source: str) -> Traini
         id=item_id(stem, options),  # equals stem_id(stem) when no options were found
         source=source,
         Question=question_with_options(stem, options) if options else stem,
-        Complex_CoT=cot, Response=final, gold=_gold(row.get("gold"), options),
+        Complex_CoT=cot, Response=final, gold=gold_field(row.get("gold"), options),
         raw_response=response)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from fgrft.reporting.assemble import Report
 from fgrft.reporting.claims import ClaimCheck
 from fgrft.reporting.paired import PairedResult
-from fgrft.reporting.records import ARM_LEGEND, fmt_t
+from fgrft.reporting.eval_runs import ARM_LEGEND, fmt_t
 from fgrft.reporting.tables import COLUMNS, NO_ANSWER, OTHER, Cell, Row, TableKey
 
 TOY_WARNING = ("> **Toy scale.** Every row is the embedded smol model under a thesis model label, on the "

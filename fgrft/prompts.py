@@ -1,8 +1,17 @@
-"""Evaluation prompts: the template under prompts/, filled per item, and its hashes.
+"""Prompts: the one Jinja environment every template is rendered in, and the project's hashes.
 
-`prompt_hash` covers the template and every filled-in question text *before*
-any chat template, so runs of different models on the same items and prompt
-compare equal (CONTRACTS.md); `items_hash` covers the item ids in order.
+* Evaluation (Stage 3, and Stage 2's training text): the template under prompts/ named by the
+  ``prompt`` group, filled per item (:func:`load_template`, :func:`render`, :func:`render_all`).
+* Stage 1's step templates are compiled here too (:func:`compile_template`) by
+  :mod:`fgrft.generation.prompts`, which knows the recipes and steps.
+* Hashes: :func:`content_hash` names one template's text (Stage 1's per-step hashes);
+  :func:`prompt_hash` covers a template and every filled-in question text *before* any chat
+  template, so runs of different models on the same items and prompt compare equal
+  (CONTRACTS.md); :func:`items_hash` covers item ids in order, the one ``items_hash`` every
+  stage logs (reports pair runs by it).
+
+An undefined variable is an error (``StrictUndefined``), never an empty string. Imports
+nothing from the stages.
 """
 from __future__ import annotations
 
@@ -17,6 +26,15 @@ from fgrft.records import Question, format_options
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
                           autoescape=False)
+
+
+def compile_template(text: str) -> jinja2.Template:
+    return _ENV.from_string(text)
+
+
+def content_hash(text: str) -> str:
+    """The sha256 of a template's text, 16 hex digits."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @lru_cache(maxsize=None)
@@ -52,4 +70,5 @@ def prompt_hash(template: str, prompts: Sequence[str]) -> str:
 
 
 def items_hash(ids: Sequence[str]) -> str:
+    """The item ids in order; Stage 1 (its selected questions) and Stage 3 (its items) alike."""
     return _hash(ids)

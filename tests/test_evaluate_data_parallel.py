@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.inference import backends
-from fgrft.inference.requests import Completion, CompletionSink
+from fgrft.evaluation import backends
+from fgrft.evaluation.requests import Completion, CompletionSink
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,22 +60,22 @@ def test_a_crashed_runs_parts_count_as_done(tmp_path):
 
 
 def test_gpu_groups_follow_visible_devices_and_tensor_parallel(monkeypatch):
-    import fgrft.models.engine as engine
+    import fgrft.models.vllm_settings as vllm_settings
 
-    monkeypatch.setattr(engine, "cuda_available", lambda: True)
+    monkeypatch.setattr(vllm_settings, "cuda_available", lambda: True)
     env = {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
     assert backends.device_groups(2, 2, env) == ["4,5", "6,7"]
     assert backends.device_groups(4, 1, env) == ["4", "5", "6", "7"]
     with pytest.raises(ValueError, match="data_parallel_size=4 x inference.tensor_parallel_size=2 needs 8 GPUs"):
         backends.device_groups(4, 2, env)
-    monkeypatch.setattr(engine, "cuda_available", lambda: False)
+    monkeypatch.setattr(vllm_settings, "cuda_available", lambda: False)
     assert backends.device_groups(2, 1, env) == [None, None]
 
 
 def test_the_engine_is_never_asked_for_data_parallelism(tmp_path):
     from omegaconf import OmegaConf
 
-    from fgrft.inference.vllm import engine_kwargs
+    from fgrft.evaluation.backends.vllm import engine_kwargs
 
     inference = OmegaConf.create({"tensor_parallel_size": 1, "data_parallel_size": 4, "enforce_eager": None,
                                   "dtype": "auto", "max_model_len": 512, "gpu_memory_utilization": None})

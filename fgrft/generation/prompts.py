@@ -4,15 +4,14 @@
     text = prompts.render("p2", q, outputs)       # the user message of P2 for question q
     prompts.hashes                                 # {"p1": "3f0c...", ...} -> meta.prompt_hashes
 
-A template's hash is the sha256 of its file's text (16 hex digits), so editing one prompt
+A template's hash is :func:`fgrft.prompts.content_hash` of its text, so editing one prompt
 changes its hash (and, through the request bytes, the response-cache keys of that step only).
 The variables a template receives come from the recipe's context function
-(:mod:`fgrft.pipeline.steps`), and an
-undefined variable is an error (``StrictUndefined``), never an empty string.
+(:mod:`fgrft.generation.steps`); templates are compiled in the one environment of
+:mod:`fgrft.prompts`, where an undefined variable is an error, never an empty string.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,15 +19,9 @@ from typing import Any, Mapping
 import jinja2
 
 from fgrft.config import PROMPTS_DIR
-from fgrft.pipeline.steps import STEP_NAMES, Recipe, get_recipe
+from fgrft.generation.steps import STEP_NAMES, Recipe, get_recipe
+from fgrft.prompts import compile_template, content_hash
 from fgrft.records import Question
-
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
-                          autoescape=False)
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -43,7 +36,7 @@ class PromptSet:
         if missing:
             raise ValueError(f"no prompt template for step(s) {missing}")
         self.hashes = {s: content_hash(self.texts[s]) for s in STEP_NAMES}
-        self._compiled = {s: _ENV.from_string(self.texts[s]) for s in STEP_NAMES}
+        self._compiled = {s: compile_template(self.texts[s]) for s in STEP_NAMES}
 
     @property
     def combined_hash(self) -> str:

@@ -12,11 +12,11 @@ import pytest
 from tests.support.step_responder import instance
 from fgrft.data import load_source
 from fgrft.llm import check_schema, validate
-from fgrft.pipeline import guards
-from fgrft.pipeline.guards import LeakError, Rejected
-from fgrft.pipeline.progress import Progress
-from fgrft.pipeline.prompts import PromptSet, load_prompts
-from fgrft.pipeline.steps import (CHAIN_FIELDS, STEP_NAMES, STEPS, compressed_feedback,
+from fgrft.generation import guards
+from fgrft.generation.guards import LeakError, Rejected
+from fgrft.generation.progress import Progress
+from fgrft.generation.prompts import PromptSet, load_prompts
+from fgrft.generation.steps import (CHAIN_FIELDS, STEP_NAMES, STEPS, compressed_feedback,
                                   max_answer_chars)
 
 
@@ -183,7 +183,7 @@ def test_progress_counts_what_it_is_told():
 
 def test_step_sampling_refuses_steps_a_role_does_not_run_and_misspelt_keys():
     from fgrft.llm import ConfigError
-    from fgrft.pipeline.job import step_sampling
+    from fgrft.generation.job import step_sampling
 
     ok = {"generator": {"steps": {"p1": {"temperature": 0.7}, "p5": {}}},
           "verifier": {"steps": {"p2": {"temperature": 0.3}, "gate": {}}}}

@@ -8,8 +8,8 @@ import mlflow
 
 from fgrft.llm import Usage
 from fgrft.llm.accounting import ModelPrice, PriceTable
-from fgrft.pipeline.run import Outcome
-from fgrft.pipeline.traces import StepLog, question_rows, write_trace
+from fgrft.generation.run import Outcome
+from fgrft.generation.traces import StepLog, question_rows, write_trace
 
 
 def event(qid, step, attempt=0, cached=False, outcome="ok", model="m", completion=10):

@@ -10,15 +10,15 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from fgrft.inference.openai import (call_sampling, endpoint_config, estimate_openai,
+from fgrft.evaluation.backends.openai import (call_sampling, endpoint_config, estimate_openai,
                                     evaluation_cache_scope, generate_openai)
-from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, request_seed
+from fgrft.evaluation.requests import CompletionSink, GenerationRequest, Sampling, request_seed
 from fgrft.config import PRICES_FILE
-from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
+from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointSettings, Engine,
                        FatalAPIError, Ledger, OutputError, load_prices)
 from tests.support.fault_server import (FaultServer, error, length, null_content, refusal, reply)
 
-SAMPLING = Sampling(temperature=0.5, top_p=0.9, max_new_tokens=64)
+SAMPLING = Sampling(temperature=0.5, top_p=0.9, max_tokens=64)
 
 
 def inference_cfg(server: FaultServer, **overrides):
@@ -69,7 +69,7 @@ def test_completions_are_written_with_the_request_seed_and_sampling(server, tmp_
 
 
 def test_greedy_sends_temperature_zero_and_no_seed():
-    greedy = call_sampling(Sampling(temperature=0.0, top_p=0.9, max_new_tokens=8), seed=3)
+    greedy = call_sampling(Sampling(temperature=0.0, top_p=0.9, max_tokens=8), seed=3)
     assert (greedy.temperature, greedy.top_p, greedy.seed, greedy.max_tokens) == (0.0, 1.0, None, 8)
     sampled = call_sampling(SAMPLING, seed=3)
     assert (sampled.temperature, sampled.top_p, sampled.seed) == (0.5, 0.9, 3)
@@ -92,7 +92,7 @@ def test_every_answer_is_a_result_length_empty_and_refused_included(server, tmp_
 def test_allow_length_is_a_plain_text_flag_of_the_engine(server):
     async def go(**kwargs):
         async with Engine() as engine:
-            ep = engine.endpoint(EndpointConfig(base_url=server.base_url, model="m", kind="vllm"))
+            ep = engine.endpoint(EndpointSettings(base_url=server.base_url, model="m", kind="vllm"))
             return await ep.call([{"role": "user", "content": "go"}], **kwargs)
 
     server.push(length({"a": "b" * 40}), length({"a": "b" * 40}))

@@ -19,11 +19,10 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fgrft.records import LETTERS, LINEAGE_FILE, Prediction, RecordError, item_id, read_jsonl
+from fgrft.records import (CONFIG_FILE, LETTERS, LINEAGE_FILE, PREDICTIONS_FILE, Prediction, RecordError, item_id,
+                           read_jsonl)
 
 REQUIRED = ("question", "options", "answer_idx", "output")
-PREDICTIONS_FILE = "predictions.jsonl"
-RUN_CONFIG = "config.yaml"
 # Config groups a replay takes from the replayed run unless the command line sets them.
 LINEAGE_GROUPS = ("model", "temperature")
 
@@ -41,7 +40,7 @@ def replay_file(path: str | Path) -> Path:
 def replay_run_dir(path: str | Path) -> Path | None:
     """The project run directory a replay comes from (it holds config.yaml), or None."""
     directory = replay_file(path).parent
-    return directory if (directory / RUN_CONFIG).is_file() else None
+    return directory if (directory / CONFIG_FILE).is_file() else None
 
 
 def with_replay_lineage(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
@@ -52,7 +51,7 @@ def with_replay_lineage(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig
     run_dir = replay_run_dir(path) if path else None
     if run_dir is None:
         return cfg
-    source = OmegaConf.load(run_dir / RUN_CONFIG)
+    source = OmegaConf.load(run_dir / CONFIG_FILE)
     explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     with open_dict(cfg):
         for group in LINEAGE_GROUPS:
@@ -73,11 +72,17 @@ def replay_lineage(path: str | Path, model_path: str | None) -> dict[str, Any]:
     return {}
 
 
-def load_replay(path: str | Path, render_prompt: Callable[[str, dict[str, str]], str]) -> list[Prediction]:
-    """Predictions to score again. `render_prompt(question, options)` fills a missing prompt."""
+def check_replay_file(path: str | Path) -> Path:
+    """The file a replay reads; a RecordError naming it if it is not there."""
     path = replay_file(path)
     if not path.is_file():
         raise RecordError("replay file does not exist", file=path)
+    return path
+
+
+def load_replay(path: str | Path, render_prompt: Callable[[str, dict[str, str]], str]) -> list[Prediction]:
+    """Predictions to score again. `render_prompt(question, options)` fills a missing prompt."""
+    path = check_replay_file(path)
     text = path.read_text(encoding="utf-8")
     if not text.strip():
         raise RecordError("empty file", file=path)

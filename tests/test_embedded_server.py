@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.models.engine import cpu_has_native_bf16
+from fgrft.models.vllm_settings import cpu_has_native_bf16
 
-from fgrft.pipeline.server import EmbeddedServer, ServerError, server_command
+from fgrft.models.server import EmbeddedServer, ServerError, server_command
 
 # A stand-in server: answers /health after a moment and keeps a child of its own, like vLLM's
 # API process and its engine core.
@@ -103,7 +103,7 @@ def test_a_killed_or_terminated_parent_leaves_no_server(tmp_path):
     script.write_text(FAKE_SERVER)
     parent = textwrap.dedent(f"""
         import sys, time
-        from fgrft.pipeline.server import EmbeddedServer
+        from fgrft.models.server import EmbeddedServer
         with EmbeddedServer(".", log_path={str(tmp_path / '{}.log')!r}.format(sys.argv[1]),
                             command=[sys.executable, {str(script)!r}, "{{port}}", "ok"]) as s:
             print("SERVER", s.proc.pid, flush=True)

@@ -28,7 +28,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from fgrft.pipeline.steps import FINAL_MUST_NAME_GOLD, FINAL_MUST_NOT_NAME_OTHER
+from fgrft.generation.steps import FINAL_MUST_NAME_GOLD, FINAL_MUST_NOT_NAME_OTHER
 from fgrft.records import Question
 from fgrft.scoring import strict
 

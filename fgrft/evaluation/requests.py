@@ -2,6 +2,9 @@
 
 Completions are appended to ``completions.partial.jsonl`` in the run directory
 as they finish, so an interrupted evaluation re-runs only what is missing.
+
+Sampling is the call engine's one type (:class:`fgrft.llm.Sampling`, output cap ``max_tokens``),
+filled from the ``temperature`` group (``temperature.max_new_tokens`` is the cap).
 """
 from __future__ import annotations
 
@@ -12,14 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from fgrft.llm.config import Sampling
+
 PARTIAL_FILE = "completions.partial.jsonl"
-
-
-@dataclass
-class Sampling:
-    temperature: float
-    top_p: float
-    max_new_tokens: int
 
 
 @dataclass
@@ -41,7 +39,7 @@ class Completion:
     prompt_token_ids_hash: str | None = None
 
 
-def request_key(item_id: str, sample: int) -> str:
+def sample_key(item_id: str, sample: int) -> str:
     return f"{item_id}:{sample}"
 
 

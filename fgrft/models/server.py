@@ -74,7 +74,7 @@ def engine_flags(kwargs: Mapping[str, Any]) -> list[str]:
 def server_command(model_dir: str | Path, port: int, *, host: str = "127.0.0.1",
                    max_model_len: int = MAX_MODEL_LEN, kv_cache_gib: float = KV_CACHE_GIB,
                    served_name: str = SERVED_NAME) -> list[str]:
-    from fgrft.models.engine import vllm_engine_kwargs
+    from fgrft.models.vllm_settings import vllm_engine_kwargs
 
     # cpu=True: the embedded backend is the offline CPU profile whatever the machine.
     kwargs = vllm_engine_kwargs(model_dir, cpu=True, max_model_len=max_model_len,
@@ -125,7 +125,7 @@ class EmbeddedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting the embedded vLLM server on %s (log: %s)", self.base_url, self.log_path)
         self._catch_sigterm()
-        from fgrft.models.engine import cpu_engine_env
+        from fgrft.models.vllm_settings import cpu_engine_env
 
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,

@@ -13,10 +13,10 @@ from fgrft.data import load_source
 from fgrft.llm import check_schema, validate
 from fgrft.llm.config import Sampling
 from fgrft.llm.profiles import Profile, build_request
-from fgrft.pipeline import guards
-from fgrft.pipeline.guards import Rejected
-from fgrft.pipeline.prompts import load_prompts
-from fgrft.pipeline.steps import CHAIN_FIELDS, RECIPES, STEP_NAMES, THESIS_STEPS
+from fgrft.generation import guards
+from fgrft.generation.guards import Rejected
+from fgrft.generation.prompts import load_prompts
+from fgrft.generation.steps import CHAIN_FIELDS, RECIPES, STEP_NAMES, THESIS_STEPS
 
 PROFILE = Profile(kind="openai", reasoning=False, structured="json_schema")
 

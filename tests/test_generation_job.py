@@ -226,6 +226,9 @@ def test_a_real_source_refuses_to_start_without_the_benchmarks(tmp_path):
     assert "Stage 1 refuses to start" in r.stderr and "benchmark.dir" in r.stderr
     assert "contamination.mode=skip" in r.stderr
     assert not list((tmp_path / "outputs").rglob("dry_run.json"))
+    # One line, refused before the MLflow store is opened: no traceback, no run.
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_dry_run_of_the_preset_estimates_offline_from_the_bundled_sample(tmp_path):

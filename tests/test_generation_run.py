@@ -6,9 +6,9 @@ import asyncio
 from fgrft.config import PRICES_FILE
 from tests.support.step_responder import StepResponder, step_of
 from fgrft.data import load_source
-from fgrft.llm import EndpointConfig, Engine, Ledger, RetryPolicy, load_prices
-from fgrft.pipeline.prompts import load_prompts
-from fgrft.pipeline.run import Fallback, Pipeline, RunSettings
+from fgrft.llm import EndpointSettings, Engine, Ledger, RetryPolicy, load_prices
+from fgrft.generation.prompts import load_prompts
+from fgrft.generation.run import Fallback, Pipeline, RunSettings
 from tests.support.fault_server import error, length, refusal, truncated
 
 PROMPTS = load_prompts("fgrft_plus")
@@ -21,7 +21,7 @@ def run(server, questions=QUESTIONS[:1], *, max_revisions=1, regate=False, fallb
         policy = RetryPolicy(max_retries=retries, base_delay_s=0.01, max_delay_s=0.02)
         async with Engine(ledger=Ledger(load_prices(PRICES_FILE)), retry=policy) as engine:
             def ep(model, name):
-                return engine.endpoint(EndpointConfig(base_url=server.base_url, model=model, kind="vllm",
+                return engine.endpoint(EndpointSettings(base_url=server.base_url, model=model, kind="vllm",
                                                       name=name, concurrency=concurrency, timeout_s=10))
             fb = None
             if fallback is not None:

@@ -1,4 +1,12 @@
-"""Dispatch a batch of generation requests to the configured local backend.
+"""Stage 3's backends, one module each, and the dispatch of generation requests to them.
+
+    vllm.py    vLLM's offline engine, in its own process per job
+    hf.py      transformers generate
+    openai.py  an OpenAI-compatible API through the call engine (cache, budget, batch mode)
+    replay.py  stored outputs (this project's predictions or the thesis's files), no model
+
+vllm, hf and openai generate completions for requests (:func:`run_backend`); replay reads the
+completions a run already has (:func:`~fgrft.evaluation.backends.replay.load_replay`).
 
 ``inference=vllm`` with ``data_parallel_size`` N > 1 starts N engine processes at once, each on its own
 ``tensor_parallel_size`` GPUs (``CUDA_VISIBLE_DEVICES``) over every N-th request, each appending to its
@@ -18,12 +26,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, encode_chat
+from fgrft.evaluation.requests import CompletionSink, GenerationRequest, Sampling, encode_chat
 
 log = logging.getLogger(__name__)
 
 VLLM_REQUEST_FILE = "vllm_request.json"
-ENGINE_MODULE = "fgrft.inference.vllm"
+ENGINE_MODULE = "fgrft.evaluation.backends.vllm"
+# inference.backend -> the module that serves it; the first three generate, replay reads.
+BACKENDS = {name: f"{__name__}.{name}" for name in ("vllm", "hf", "openai", "replay")}
 
 
 def encode_requests(model_path: str, requests: Sequence[GenerationRequest]) -> None:
@@ -40,28 +50,30 @@ def run_backend(inference: Any, model_path: str | None, requests: Sequence[Gener
                 cache_scope: str = "") -> None:
     backend = inference.backend
     if backend == "openai":
-        from fgrft.inference.openai import generate_openai
+        from fgrft.evaluation.backends.openai import generate_openai
 
         generate_openai(inference, requests, sampling, sink, cache_dir, ledger=ledger, cache_scope=cache_scope)
     elif backend == "hf":
         if inference.data_parallel_size > 1:
             raise ValueError("inference.data_parallel_size > 1 needs inference=vllm (one engine per rank)")
-        from fgrft.inference.hf import generate_hf, load_hf
+        from fgrft.evaluation.backends.hf import generate_hf, load_hf
 
         tokenizer, model = load_hf(model_path, inference.dtype)
         generate_hf(tokenizer, model, requests, sampling, sink, batch_size=inference.batch_size or 16)
     elif backend == "vllm":
         _run_vllm_worker(inference, model_path, requests, sampling, sink, run_dir)
+    elif backend in BACKENDS:
+        raise ValueError(f"inference={backend} generates nothing: its completions come from {BACKENDS[backend]}")
     else:
-        raise ValueError(f"inference backend {backend!r} does not generate")
+        raise ValueError(f"unknown inference backend {backend!r} (have: {', '.join(BACKENDS)})")
 
 
 def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[GenerationRequest], sampling: Sampling,
                      sink: CompletionSink, run_dir: Path) -> None:
     # The engine lives in its own process per job: vLLM engines leak memory between
     # multirun jobs in one process, and a crash there cannot take the sweep down.
-    from fgrft.inference.vllm import engine_kwargs
-    from fgrft.models.engine import cpu_engine_env
+    from fgrft.evaluation.backends.vllm import engine_kwargs
+    from fgrft.models.vllm_settings import cpu_engine_env
 
     spec = {
         "model_path": model_path,
@@ -86,7 +98,7 @@ def _run_vllm_worker(inference: Any, model_path: str, requests: Sequence[Generat
 
 def device_groups(data_parallel: int, tensor_parallel: int, environ: Mapping[str, str]) -> list[str | None]:
     """``CUDA_VISIBLE_DEVICES`` of each data-parallel engine; None for each on a host without CUDA."""
-    from fgrft.models.engine import cuda_available
+    from fgrft.models.vllm_settings import cuda_available
 
     if not cuda_available():
         return [None] * data_parallel

@@ -1,8 +1,8 @@
 """The generator and verifier endpoints a run talks to, from the ``generator``/``verifier`` groups.
 
-    with open_backends(cfg, run_dir) as backends:   # starts the embedded server if a role needs it
-        backends.endpoints["generator"]             # an fgrft.llm.EndpointConfig
-        backends.fallback                           # the verifier's fallback endpoint, or None
+    with open_endpoints(cfg, run_dir) as backends:   # starts the embedded server if a role needs it
+        backends.endpoints["generator"]              # an fgrft.llm.EndpointSettings
+        backends.fallback                            # the verifier's fallback endpoint, or None
 
 Kinds: ``embedded`` (the smol model on a local vLLM CPU server started here and stopped on
 the way out; both roles share it, hence one lane), ``vllm`` (any OpenAI-compatible server at
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from fgrft.llm import ConfigError, EndpointConfig
+from fgrft.llm import ConfigError, EndpointSettings
 from fgrft.llm.profiles import is_reasoning_model
 
 log = logging.getLogger(__name__)
@@ -51,27 +51,27 @@ def served_model(settings: dict[str, Any]) -> str:
 
 
 # The embedded model in batch mode has no server: its lane is named by this placeholder URL
-# and its batches run through vllm run_batch (fgrft.pipeline.local_batch).
+# and its batches run through vllm run_batch (fgrft.generation.local_batch).
 EMBEDDED_BATCH_URL = "http://embedded-batch.invalid/v1"
 
 
 def endpoint(role: str, settings: dict[str, Any], *, base_url: str | None = None,
-             model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointConfig:
+             model: str | None = None, cache_scope: str = "", name: str = "") -> EndpointSettings:
     base_url = base_url or settings.get("base_url")
     if not base_url:
         raise ConfigError(f"{role}.base_url must be set for kind={settings['kind']}")
     extra = {k: settings[k] for k in _ENDPOINT_KEYS if settings.get(k) is not None}
-    return EndpointConfig(base_url=base_url, model=model or served_model(settings),
+    return EndpointSettings(base_url=base_url, model=model or served_model(settings),
                           kind="openai" if settings["kind"] == "openai" else "vllm",
                           structured=settings["structured"],
                           name=name or role, cache_scope=cache_scope, **extra)
 
 
 @dataclass
-class Backends:
+class RoleEndpoints:
     settings: dict[str, dict[str, Any]]        # role -> its group's keys
-    endpoints: dict[str, EndpointConfig]       # role -> endpoint
-    fallback: EndpointConfig | None = None
+    endpoints: dict[str, EndpointSettings]     # role -> endpoint
+    fallback: EndpointSettings | None = None
     fallback_temperature: float | None = None
     after_failures: int = 3
     # lane key -> the Files/Batches client of a lane not served by a provider (embedded batch)
@@ -79,7 +79,7 @@ class Backends:
 
 
 @contextlib.contextmanager
-def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
+def open_endpoints(cfg: DictConfig, run_dir: Path) -> Iterator[RoleEndpoints]:
     settings = {role: role_settings(cfg, role) for role in ROLES}
     server = None
     try:
@@ -98,7 +98,7 @@ def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
                 url = server.base_url if server is not None else EMBEDDED_BATCH_URL
                 endpoints[role] = endpoint(role, s, base_url=url, cache_scope=scope)
                 if s.get("mode") == "batch":
-                    from fgrft.pipeline.local_batch import LocalBatchAPI
+                    from fgrft.generation.local_batch import LocalBatchAPI
 
                     key = endpoints[role].lane_key
                     batch_clients.setdefault(key, LocalBatchAPI(
@@ -106,7 +106,7 @@ def open_backends(cfg: DictConfig, run_dir: Path) -> Iterator[Backends]:
                         log_path=run_dir / "batch.log"))
             else:
                 endpoints[role] = endpoint(role, s)
-        backends = Backends(settings=settings, endpoints=endpoints, batch_clients=batch_clients)
+        backends = RoleEndpoints(settings=settings, endpoints=endpoints, batch_clients=batch_clients)
         fb = settings["verifier"].get("fallback")
         if fb:
             if settings["verifier"]["kind"] == "embedded":
@@ -135,6 +135,6 @@ def _embedded_model(cfg: DictConfig) -> tuple[Path, str]:
 
 
 def _start_embedded(model_dir: Path, run_dir: Path):
-    from fgrft.pipeline.server import EmbeddedServer
+    from fgrft.models.server import EmbeddedServer
 
     return EmbeddedServer(model_dir, log_path=run_dir / "server.log").start()

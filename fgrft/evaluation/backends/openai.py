@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fgrft.config import PRICES_FILE
-from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling
-from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine,
+from fgrft.evaluation.requests import Completion, CompletionSink, GenerationRequest, Sampling
+from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointSettings, Engine,
                        Estimate, FatalAPIError, Ledger, OutputError, PlannedCall,
                        SqliteResponseCache, build_request, estimate, load_prices, profile_for,
                        request_key)
-from fgrft.llm import Sampling as CallSampling
 from fgrft.llm.cache import default_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ def _as_dict(cfg: Any) -> dict:
                           "(inference.model is the served model name)") from None
 
 
-def endpoint_config(inference_cfg: Any, *, cache_scope: str = "") -> EndpointConfig:
+def endpoint_config(inference_cfg: Any, *, cache_scope: str = "") -> EndpointSettings:
     """The engine endpoint for the ``inference`` group (kind, base_url, model, api_key_env,
     concurrency, rpm, tpm, timeout_s; the local backends' keys are ignored)."""
     data = _as_dict(inference_cfg)
@@ -71,7 +70,7 @@ def endpoint_config(inference_cfg: Any, *, cache_scope: str = "") -> EndpointCon
         if not data.get(key):
             raise ConfigError(f"inference=openai: inference.{key} must be set")
     values = {k: data[k] for k in ENDPOINT_KEYS if data.get(k) is not None}
-    return EndpointConfig(name="inference", cache_scope=cache_scope, **values)
+    return EndpointSettings(name="inference", cache_scope=cache_scope, **values)
 
 
 def evaluation_cache_scope(model_cfg: Any, inference_cfg: Any) -> str:
@@ -87,13 +86,13 @@ def evaluation_cache_scope(model_cfg: Any, inference_cfg: Any) -> str:
     return f"model={model.get('name')};path={model.get('path')}"
 
 
-def call_sampling(sampling: Sampling, seed: int) -> CallSampling:
+def call_sampling(sampling: Sampling, seed: int) -> Sampling:
     """The engine's sampling for one request, matching the local backends: greedy sends
     temperature 0 and no seed, sampling sends the request's own seed."""
     if sampling.temperature <= 0:
-        return CallSampling(temperature=0.0, top_p=1.0, max_tokens=sampling.max_new_tokens)
-    return CallSampling(temperature=sampling.temperature, top_p=sampling.top_p,
-                        max_tokens=sampling.max_new_tokens, seed=seed)
+        return Sampling(temperature=0.0, top_p=1.0, max_tokens=sampling.max_tokens)
+    return Sampling(temperature=sampling.temperature, top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens, seed=seed)
 
 
 # ----------------------------------------------------------------------------- generation
@@ -122,7 +121,7 @@ def generate_openai(inference_cfg: Any, requests: Sequence[GenerationRequest], s
         cache.close()
 
 
-async def _generate(cfg: EndpointConfig, requests: Sequence[GenerationRequest], sampling: Sampling,
+async def _generate(cfg: EndpointSettings, requests: Sequence[GenerationRequest], sampling: Sampling,
                     sink: CompletionSink, cache: SqliteResponseCache, ledger: Ledger) -> None:
     writer = _SinkWriter(sink)
     progress = _Progress(len(requests))
@@ -257,7 +256,7 @@ def estimate_openai(inference_cfg: Any, requests: Sequence[GenerationRequest], s
                 continue
         chars = sum(len(str(m.get("content", ""))) for m in r.messages)
         planned.append(PlannedCall(step=STEP, model=cfg.model, prompt_chars=chars,
-                                   output_tokens=sampling.max_new_tokens, local=cfg.kind == "vllm"))
+                                   output_tokens=sampling.max_tokens, local=cfg.kind == "vllm"))
     result = estimate(planned, prices if prices is not None else load_prices(PRICES_FILE))
     result.already_cached = already
     return result

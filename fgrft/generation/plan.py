@@ -22,9 +22,9 @@ from typing import Any, Sequence
 from fgrft.config import PRICES_FILE
 from fgrft.llm import Estimate, PlannedCall, estimate, load_prices
 from fgrft.llm.accounting import CHARS_PER_TOKEN
-from fgrft.pipeline.backends import ROLES, is_local, is_reasoning, served_model
-from fgrft.pipeline.prompts import PromptSet
-from fgrft.pipeline.steps import empty_outputs
+from fgrft.generation.endpoints import ROLES, is_local, is_reasoning, served_model
+from fgrft.generation.prompts import PromptSet
+from fgrft.generation.steps import empty_outputs
 from fgrft.records import Question
 
 REVISION_RATE_ASSUMED = 0.3

@@ -9,7 +9,7 @@
     4. write    records.jsonl, traces.jsonl and summary.json (always all three, even when
                 nothing was kept) plus questions.jsonl (every question's outcome); summary
                 counts and cost to MLflow, with the source questions and the records as inputs,
-                a table row and (``traces=true``) a trace per question (fgrft.pipeline.traces)
+                a table row and (``traces=true``) a trace per question (fgrft.generation.traces)
 
 Re-running the same command resumes: every call answered before (also by a run killed with
 ``kill -9``) is a free cache hit, so only unfinished calls are paid for. A spent budget stops
@@ -37,15 +37,17 @@ from fgrft.data import (DataUnavailable, OverlapSettings, check_contamination, l
                         load_source)
 from fgrft.llm import (Budget, ConfigError, Engine, Ledger, Sampling, SqliteResponseCache,
                        TraceEvent, load_prices)
-from fgrft.pipeline import plan as planning
-from fgrft.pipeline.backends import ROLES, open_backends, role_settings
-from fgrft.pipeline.guards import REASONS
-from fgrft.pipeline.progress import Progress
-from fgrft.pipeline.prompts import PromptSet, load_prompts
-from fgrft.pipeline.run import Fallback, Outcome, Pipeline, RunSettings
-from fgrft.pipeline.traces import QuestionViews
-from fgrft.pipeline.steps import STEPS
-from fgrft.records import Question, write_jsonl
+from fgrft.generation import plan as planning
+from fgrft.generation.endpoints import ROLES, open_endpoints, role_settings
+from fgrft.generation.guards import REASONS
+from fgrft.generation.progress import Progress
+from fgrft.generation.prompts import PromptSet, load_prompts
+from fgrft.prompts import items_hash
+from fgrft.generation.run import Fallback, Outcome, Pipeline, RunSettings
+from fgrft.generation.traces import QuestionViews
+from fgrft.generation.steps import STEPS
+from fgrft.records import (DRY_RUN_FILE, QUESTIONS_FILE, RECORDS_FILE, SUMMARY_FILE, Question,
+                           write_jsonl)
 from fgrft.tracking import TrackedRun
 
 log = logging.getLogger("fgrft.generate")
@@ -64,6 +66,17 @@ class Selection:
     total: int                         # questions selected from the source
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """The user errors found without calling anything: prompts, role settings, the contamination
+    check's benchmarks. The entrypoint runs it before the MLflow run opens."""
+    load_prompts(cfg.recipe)
+    step_sampling({role: role_settings(cfg, role) for role in ROLES})
+    if cfg.max_revisions < 0:
+        raise ConfigError(f"max_revisions must be >= 0, got {cfg.max_revisions}")
+    if cfg.contamination.mode != "skip":  # (skip only warns, and the job does that)
+        contamination_benchmarks(cfg)
+
+
 def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     started = time.monotonic()
     run_dir = tracked.job.run_dir
@@ -78,7 +91,7 @@ def generate_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     if cfg.dry_run:
         return _dry_run(cfg, tracked, prompts, benchmarks)
     selection = select_questions(cfg, benchmarks)
-    tracked.log_params({"items_hash": _items_hash([q.id for q in selection.questions]),
+    tracked.log_params({"items_hash": items_hash([q.id for q in selection.questions]),
                         "source_origin": selection.origin})
     _log_source(cfg, selection)
     ledger = Ledger(load_prices(PRICES_FILE), Budget.from_setting(cfg.budget_usd))
@@ -209,7 +222,7 @@ def _dry_run(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet,
     plan.notes += notes
     est, batch = planning.price(plan), planning.price(plan, mode="batch")
     print(planning.report(plan, est, batch), flush=True)
-    (tracked.job.run_dir / "dry_run.json").write_text(planning.to_json(plan, est, extra, batch))
+    (tracked.job.run_dir / DRY_RUN_FILE).write_text(planning.to_json(plan, est, extra, batch))
     tracked.log_metrics({"planned_calls": est.total.calls, "estimated_cost_usd": est.total.cost_usd,
                          "questions": count})
     return est.to_dict()
@@ -245,7 +258,7 @@ def _execute(cfg: DictConfig, tracked: TrackedRun, prompts: PromptSet, selection
     try:
         if not selection.questions:
             return [], None, None, None
-        with open_backends(cfg, run_dir) as backends:
+        with open_endpoints(cfg, run_dir) as backends:
             tracked.log_params({f"model.{r}": backends.endpoints[r].model for r in ROLES})
             views.steps.local_models = {e.model for e in backends.endpoints.values() if e.kind != "openai"}
             settings = RunSettings(
@@ -352,11 +365,11 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _write(run_dir: Path, outcomes: list[Outcome], summary: dict[str, Any]) -> None:
-    write_jsonl(run_dir / "records.jsonl", [o.record for o in outcomes if o.kept])
-    write_jsonl(run_dir / "questions.jsonl", [o.to_dict() for o in outcomes])
+    write_jsonl(run_dir / RECORDS_FILE, [o.record for o in outcomes if o.kept])
+    write_jsonl(run_dir / QUESTIONS_FILE, [o.to_dict() for o in outcomes])
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "summary.json")
+    tmp.replace(run_dir / SUMMARY_FILE)
 
 
 def _log_source(cfg: DictConfig, selection: Selection) -> None:
@@ -374,7 +387,7 @@ def _log_source(cfg: DictConfig, selection: Selection) -> None:
     else:
         origin, hub = selection.origin, False
     ids = [q.id for q in selection.questions]
-    log_dataset(src.name, origin, _items_hash(ids), ids, SOURCE, sources=[q.source for q in selection.questions],
+    log_dataset(src.name, origin, items_hash(ids), ids, SOURCE, sources=[q.source for q in selection.questions],
                 hub=hub)
 
 
@@ -382,10 +395,6 @@ def _log_records(cfg: DictConfig, run_dir: Path, outcomes: list[Outcome]) -> Non
     """The kept records this run wrote, as an MLflow input in context ``records``."""
     from fgrft.mlflow_lineage import RECORDS, log_dataset
 
-    path = run_dir / "records.jsonl"
+    path = run_dir / RECORDS_FILE
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     log_dataset(f"{cfg.source.name} records", str(path), digest, [o.id for o in outcomes if o.kept], RECORDS)
-
-
-def _items_hash(ids: list[str]) -> str:
-    return hashlib.sha256("\x1e".join(ids).encode()).hexdigest()[:16]

@@ -11,13 +11,13 @@ Per question the chain is sequential (each step needs the last one's answer):
 
 The recipe (``prompts.recipe``) decides each step's inputs and schema, what a revision sees
 (recipe ``thesis``: P3's own inputs plus the note, a regeneration; ``fgrft_plus``: also the
-rejected chain, an edit) and the final-answer rule (:func:`fgrft.pipeline.guards.check_final`).
+rejected chain, an edit) and the final-answer rule (:func:`fgrft.generation.guards.check_final`).
 
 At most ``max_revisions`` revisions. Without ``regate`` (the thesis) the revised chain is
 accepted without a second gate; with it, the gate runs after every revision and a chain it
 still sends back once the revisions are used up is dropped (``gate_failed``). A gate verdict
 of Revise with ``max_revisions=0`` is ``gate_failed`` too. Then the chain's decision, P4's
-format and P5's answer are checked (:mod:`fgrft.pipeline.guards`); a question is kept only if
+format and P5's answer are checked (:mod:`fgrft.generation.guards`); a question is kept only if
 every step returned a schema-valid answer and every check passed.
 
 Questions run concurrently: a question is admitted when its first lane would otherwise idle,
@@ -41,9 +41,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from fgrft.llm import (BatchFailedError, BudgetExhaustedError, Endpoint, FatalAPIError,
                        OutputError, RetryExhaustedError, RunStoppedError, Sampling)
-from fgrft.pipeline import guards
-from fgrft.pipeline.guards import Rejected
-from fgrft.pipeline.prompts import PromptSet
+from fgrft.generation import guards
+from fgrft.generation.guards import Rejected
+from fgrft.generation.prompts import PromptSet
 from fgrft.records import Gold, Question, TrainingMeta, TrainingRecord, question_with_options
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ vLLM's own batch runner (``vllm run_batch``) on the same file format, offline.
     engine.batcher.use_client(endpoint.lane_key, api)
 
 Each created batch is one ``python -m vllm.entrypoints.openai.run_batch`` process started with
-the embedded server's engine settings (:func:`fgrft.pipeline.server.server_command`'s flags:
+the embedded server's engine settings (:func:`fgrft.models.server.server_command`'s flags:
 no chunked prefill with seeded requests, the guidance structured-output backend, the server's
 generation config, the served name ``smol`` that the request bodies carry). It loads the model
 for every batch and writes its output at the end; that is the price of the toy path.
@@ -26,12 +26,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from fgrft.pipeline.server import (KV_CACHE_GIB, MAX_MODEL_LEN, SERVED_NAME, STRUCTURED_OUTPUTS,
+from fgrft.models.server import (KV_CACHE_GIB, MAX_MODEL_LEN, SERVED_NAME, STRUCTURED_OUTPUTS,
                                    _die_with_parent, engine_flags)
 
 
 def runner_command(model_dir: str | Path, input_path: Path, output_path: Path) -> list[str]:
-    from fgrft.models.engine import vllm_engine_kwargs
+    from fgrft.models.vllm_settings import vllm_engine_kwargs
 
     kwargs = vllm_engine_kwargs(model_dir, cpu=True, max_model_len=MAX_MODEL_LEN,
                                 kv_cache_gib=KV_CACHE_GIB)
@@ -87,7 +87,7 @@ class LocalBatchAPI:
                 "status": "in_progress", "output_file_id": None, "errors": None,
                 "total": len(self._file(input_file_id).read_bytes().splitlines())}
         self._save(meta)
-        from fgrft.models.engine import cpu_engine_env
+        from fgrft.models.vllm_settings import cpu_engine_env
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
+from fgrft.evaluation.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def generate_hf(tokenizer, model, requests: Sequence[GenerationRequest], samplin
                 input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                 do_sample=not greedy, temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p, top_k=None,
-                max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id,
+                max_new_tokens=sampling.max_tokens, pad_token_id=pad_id,
                 eos_token_id=sorted(eos_ids) or None,
             )
         completions = []

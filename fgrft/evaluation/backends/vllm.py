@@ -1,4 +1,4 @@
-"""`inference=vllm`: vLLM's offline engine, run as `python -m fgrft.inference.vllm SPEC`.
+"""`inference=vllm`: vLLM's offline engine, run as `python -m fgrft.evaluation.backends.vllm SPEC`.
 
 The parent job writes a spec (model, engine settings, sampling, requests with
 their prompt token ids) and this worker generates in chunks, appending each
@@ -13,20 +13,20 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from fgrft.inference.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
+from fgrft.evaluation.requests import Completion, CompletionSink, GenerationRequest, Sampling, token_ids_hash
 
 log = logging.getLogger(__name__)
 
 
 def engine_kwargs(model_path: str, inference: Any) -> dict[str, Any]:
     """`vllm.LLM` settings from the `inference` group (CPU-safe defaults from fgrft.models)."""
-    from fgrft.models.engine import vllm_engine_kwargs
+    from fgrft.models.vllm_settings import vllm_engine_kwargs
 
     overrides: dict[str, Any] = {}
     if inference.tensor_parallel_size > 1:
         overrides["tensor_parallel_size"] = inference.tensor_parallel_size
     # data_parallel_size is not an engine setting here: the offline engine of the pinned vLLM refuses
-    # it, so fgrft.inference.backends starts one engine per data-parallel rank instead.
+    # it, so fgrft.evaluation.backends starts one engine per data-parallel rank instead.
     if inference.enforce_eager is not None:
         overrides["enforce_eager"] = inference.enforce_eager
     if inference.dtype != "auto":
@@ -59,7 +59,7 @@ def generate_with_engine(llm: Any, requests: Sequence[GenerationRequest], sampli
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in chunk]
         params = [SamplingParams(temperature=0.0 if greedy else sampling.temperature,
                                  top_p=1.0 if greedy else sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, seed=None if greedy else r.seed)
+                                 max_tokens=sampling.max_tokens, seed=None if greedy else r.seed)
                   for r in chunk]
         outputs = llm.generate(prompts, params, use_tqdm=False)
         sink.append(
@@ -77,7 +77,7 @@ def main(spec_path: str) -> None:
     spec = json.loads(open(spec_path, encoding="utf-8").read())
     requests = [GenerationRequest(**r) for r in spec["requests"]]
     llm = LLM(**spec["engine"])
-    generate_with_engine(llm, requests, Sampling(**spec["sampling"]), CompletionSink(spec["sink"]),
+    generate_with_engine(llm, requests, Sampling.from_mapping(spec["sampling"]), CompletionSink(spec["sink"]),
                          chunk_size=spec["chunk_size"])
 
 

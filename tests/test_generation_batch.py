@@ -16,7 +16,7 @@ import pytest
 from tests.support.step_responder import StepResponder, write_questions
 from tests.support.batch_server import BatchScript, BatchServer
 
-from tests.test_pipeline_job import command, env, generate, local, read, run_dir
+from tests.test_generation_job import command, env, generate, local, read, run_dir
 
 QUESTIONS = 40
 STEPS = 6
@@ -132,8 +132,8 @@ def test_kill_between_create_and_its_record_then_both_modes_on_one_cache(tmp_pat
 
 
 def test_the_embedded_batch_runner_starts_with_the_servers_engine_settings(tmp_path):
-    from fgrft.pipeline.local_batch import runner_command
-    from fgrft.pipeline.server import server_command
+    from fgrft.generation.local_batch import runner_command
+    from fgrft.models.server import server_command
 
     runner = runner_command(tmp_path, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
     server = server_command(tmp_path, 8123)
