@@ -113,7 +113,7 @@ def _load_single(spec: Mapping[str, Any], option: Mapping[str, Any],
         # Known hub sets are named by their thesis keys; others by file_key when given.
         known = hub_id.lower() in hub.QUESTION_CONVERTERS
         source, items = hub.hub_questions(hub_id, config, split, cache_dir=cache_dir,
-                                          source=None if known else spec.get("file_key"))
+                                          source=None if known else file_key)
         if hub_id.lower() == hub.MEDMCQA_HUB.lower():
             log.warning("the MedMCQA hub split is not the thesis's 1,000-item subset: "
                         "set benchmark.dir or benchmark.path to reproduce the thesis")
