@@ -1,4 +1,4 @@
-"""Config plumbing: packaged locations, resolvers, schemas, validation, scale."""
+"""Config plumbing: packaged locations, option lists read from conf/, resolvers, schemas, validation, scale."""
 from fgrft.config.locations import CONF_DIR, PRICES_FILE, PROMPTS_DIR
 from fgrft.config.resolvers import register_resolvers
 from fgrft.config.validate import ConfigError, validate
