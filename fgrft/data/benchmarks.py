@@ -34,9 +34,6 @@ THESIS_FILES = {
     "MedMCQA_validation": "eval_data_medmcqa.json",
 }
 SAMPLE_FILE = "benchmark_sample.json"
-SAMPLE_SOURCES = ("MedQA_sample", "PubMedQA_sample", "MedMCQA_sample")
-
-
 # The options that read several sources, each by its own loader; every other option of the
 # benchmark group (conf/benchmark/<name>.yaml) is one source, resolved from its own keys.
 MULTI_SOURCE = ("all", "sample")
