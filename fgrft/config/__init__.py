@@ -1,4 +1,4 @@
-"""Config plumbing: packaged locations, resolvers, schemas, validation, scale.
+"""Config plumbing: packaged locations, option lists read from conf/, resolvers, schemas, validation, scale.
 
 Imports only :mod:`fgrft.errors` from the rest of fgrft: never the stages, tracking, the app
 or the call engine."""

@@ -1,9 +1,12 @@
 """Stage 2 training sets: ``load_training_records(spec) -> [TrainingRecord]``.
 
-Options (``data.name``): ``sample`` (bundled FGRFT records), ``sample_naive``
-(bundled naive-CoT records on the same questions), ``fgrft_5k`` (records.jsonl
-written by generate: set ``path``), ``naive_cot_5k`` and
-``naive_cot_5k_structured`` (hub ``HPAI-BSC/MedQA-Mixtral-CoT``).
+Options (``data.name``) are the files under ``conf/data/``: ``sample`` (bundled
+FGRFT records), ``sample_naive`` (bundled naive-CoT records on the same
+questions), ``fgrft_5k`` (records.jsonl written by generate: set ``path``),
+``naive_cot_5k`` and ``naive_cot_5k_structured`` (hub
+``HPAI-BSC/MedQA-Mixtral-CoT``). A key the spec leaves unset takes the option
+file's value (``bundled``: a fixture file; ``source``: the source name of rows
+that carry none).
 
 Two record shapes are read:
 
@@ -28,6 +31,7 @@ from typing import Any, Iterable, Mapping
 
 from fgrft.records import (COT_FIELDS, RecordError, TrainingRecord, gold_field, item_id, question_with_options,
                            split_option_lines, text_field, training_record_from_row)
+from fgrft.config.options import group_options, option_values
 
 from . import hub
 from .files import DataUnavailable, Row, bundled_path, read_grouped_rows
@@ -42,25 +46,11 @@ TARGET_FORMATS = ("thinking", "raw")
 THINKING_TEMPLATE = "## Thinking\n\n{cot}\n\n## Final Response\n\n{response}"
 
 
-@dataclass(frozen=True)
-class DataOption:
-    format: str
-    target_format: str
-    source: str                  # source name for rows that carry none
-    bundled: str | None = None   # fixture file name
-    hub_id: str | None = None
-    split: str = "train"
 
 
-DATA_OPTIONS = {
-    "sample": DataOption("fgrft", "thinking", "MedQA_sample_train", bundled="fgrft_sample.jsonl"),
-    "sample_naive": DataOption("naive_cot", "raw", "MedQA_Mixtral_CoT_sample",
-                               bundled="naive_cot_sample.jsonl"),
-    "fgrft_5k": DataOption("fgrft", "thinking", "MedQA_train"),
-    "naive_cot_5k": DataOption("naive_cot", "raw", "MedQA_Mixtral_CoT", hub_id=hub.MIXTRAL_COT_HUB),
-    "naive_cot_5k_structured": DataOption("naive_cot", "thinking", "MedQA_Mixtral_CoT",
-                                          hub_id=hub.MIXTRAL_COT_HUB),
-}
+def data_names() -> tuple[str, ...]:
+    """The ``data.name`` options: the files under ``conf/data/``."""
+    return group_options("data")
 
 
 def load_training_records(spec: Mapping[str, Any] | None = None, /, *,
@@ -74,21 +64,22 @@ def load_training_records(spec: Mapping[str, Any] | None = None, /, *,
     """
     spec = merged(spec, overrides)
     name = spec.get("name")
-    option = DATA_OPTIONS.get(name)
-    if option is None and not spec.get("path"):
-        raise ValueError(f"unknown data option {name!r}; options: {', '.join(DATA_OPTIONS)} "
+    option = option_values("data", name)
+    if not option and not spec.get("path"):
+        raise ValueError(f"unknown data option {name!r}; options: {', '.join(data_names())} "
                          "(or set data.path)")
-    data_format = first_set(spec.get("format"), option and option.format, "fgrft")
+    data_format = first_set(spec.get("format"), option.get("format"), "fgrft")
     if data_format not in FORMATS:
         raise ValueError(f"data.format must be one of {FORMATS}, got {data_format!r}")
-    target = first_set(spec.get("target_format"), option and option.target_format, "thinking")
+    target = first_set(spec.get("target_format"), option.get("target_format"), "thinking")
     if target not in TARGET_FORMATS:
         raise ValueError(f"data.target_format must be one of {TARGET_FORMATS}, got {target!r}")
     n = optional_int(spec, "n", "data")
     if n is not None and spec.get("seed") is None:
         raise ValueError("data.n draws records with data.seed, which is not set")
-    default_source = option.source if option else (
-        "MedQA_Mixtral_CoT" if data_format == "naive_cot" else "MedQA_train")
+    # A file under a name that is no option: the source its format's records come from.
+    default_source = first_set(spec.get("source"), option.get("source"),
+                               "MedQA_Mixtral_CoT" if data_format == "naive_cot" else "MedQA_train")
 
     rows, origin = _rows(spec, option, cache_dir)
     records = _dedupe([record_from_row(row, data_format, default_source, origin, index)
@@ -98,19 +89,20 @@ def load_training_records(spec: Mapping[str, Any] | None = None, /, *,
     return records
 
 
-def _rows(spec: Mapping[str, Any], option: DataOption | None,
+def _rows(spec: Mapping[str, Any], option: Mapping[str, Any],
           cache_dir: str | None) -> tuple[list[Row], str]:
     if spec.get("path"):
         path = Path(spec["path"]).expanduser()
         return _file_rows(path), str(path)
-    if option and option.bundled:
-        path = bundled_path(option.bundled)
+    bundled = first_set(spec.get("bundled"), option.get("bundled"))
+    if bundled:
+        path = bundled_path(bundled)
         return _file_rows(path), str(path)
-    hub_id = first_set(spec.get("hub_id"), option and option.hub_id)
+    hub_id = first_set(spec.get("hub_id"), option.get("hub_id"))
     if not hub_id:
         raise DataUnavailable(f"data={spec.get('name')}: set data.path (the records.jsonl "
                               "written by generate) or data.hub_id")
-    split = first_set(spec.get("split"), option and option.split, "train")
+    split = first_set(spec.get("split"), option.get("split"), "train")
     convert = hub.mixtral_cot_row if hub_id.lower() == hub.MIXTRAL_COT_HUB.lower() else dict
     origin = hub.hub_origin(hub_id, None, split)
     rows = []

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from fgrft.config.options import option_values
 from fgrft.records import Prediction
 from fgrft.scoring.stats import wilson_interval
 from fgrft.scoring.thesis import source_name
@@ -23,12 +24,6 @@ ARMS_BY_FORMAT = {
     ("fgrft", "raw"): "fgrft_raw",
     ("naive_cot", "raw"): "naive_cot_raw",
     ("naive_cot", "thinking"): "naive_cot_thinking",
-}
-# The data options' names, for runs that carry only a data label.
-ARMS_BY_DATA_LABEL = {
-    "fgrft_5k": "fgrft", "sample": "fgrft",
-    "naive_cot_5k": "naive_cot_raw", "sample_naive": "naive_cot_raw",
-    "naive_cot_5k_structured": "naive_cot_thinking",
 }
 ARM_NAMES = {
     "base": "base",
@@ -43,6 +38,12 @@ ARM_LEGEND = ("Data arms: base = the model as released; FGRFT = fine-tuned on th
 LINEAGE_PARAMS = ("base_model", "data_hash", "train_run_id")
 
 
+def arm_of_data_label(label: str) -> str:
+    """The arm of a run that carries only a data label: its data option's (format, target_format)."""
+    option = option_values("data", label)
+    return ARMS_BY_FORMAT.get((option.get("format"), option.get("target_format")), f"data:{label}")
+
+
 def data_arm(params: Mapping[str, str]) -> str | None:
     """The data arm named by a run's params (its own or its training run's), or None."""
     fmt, target = params.get("data.format"), params.get("data.target_format")
@@ -50,7 +51,7 @@ def data_arm(params: Mapping[str, str]) -> str | None:
         return ARMS_BY_FORMAT.get((fmt, target), f"{fmt}/{target}")
     label = params.get("data_label")
     if label:
-        return ARMS_BY_DATA_LABEL.get(label, f"data:{label}")
+        return arm_of_data_label(label)
     return None
 
 

@@ -28,12 +28,15 @@ EvaluationJob = Callable[[DictConfig, Any], dict[str, Any]]
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path, evaluate: EvaluationJob) -> dict[str, Any]:
     import mlflow
 
-    from fgrft.config import validate
+    from fgrft.config import CONF_DIR, validate
     from fgrft.run_names import run_name
     from fgrft.tracking import NOTE_TAG, RUN_ID_FILE, JobInfo, TrackedRun, config_params
 
-    container = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-                 for k in _KEYS}
+    # The evaluate entrypoint's own keys (resume, dry_run, ...) as conf/evaluate.yaml sets them.
+    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "evaluate.yaml"))
+    container = {k: v for k, v in own.items() if k not in ("defaults", "hydra")}
+    container.update({k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                      for k in _KEYS})
     container["model"]["path"] = str(checkpoint)
     eval_cfg = validate(OmegaConf.create(container), "evaluate")
     eval_dir = run_dir / EVAL_DIR

@@ -110,17 +110,16 @@ def train_job(cfg: DictConfig, tracked: TrackedRun, evaluate: EvaluationJob | No
 
 
 def _log_training_data(cfg: DictConfig, prepared: Prepared) -> None:
-    from fgrft.data import DATA_OPTIONS, bundled_path
+    from fgrft.data import bundled_path
     from fgrft.mlflow_lineage import TRAINING, log_dataset
 
     spec = cfg.data
-    option = DATA_OPTIONS.get(spec.name)
     path = spec.get("path") or (cfg.get("fgrft_records") if spec.get("format") == "fgrft" else None)
-    hub_id = spec.get("hub_id") or (option.hub_id if option else None)
+    hub_id = spec.get("hub_id")
     if path:
         origin, hub = str(path), False
-    elif option is not None and option.bundled:
-        origin, hub = str(bundled_path(option.bundled)), False
+    elif spec.get("bundled"):
+        origin, hub = str(bundled_path(spec.bundled)), False
     else:
         origin, hub = hub_id, bool(hub_id)
     log_dataset(spec.name, origin, prepared.data_hash, [e.record_id for e in prepared.tokenized.examples],
