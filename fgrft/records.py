@@ -6,8 +6,8 @@ One type per arrow of the data flow (DESIGN.md):
 * :class:`TrainingRecord` Stage 1 output, Stage 2 input (``records.jsonl``)
 * :class:`Prediction`     Stage 3 output (``predictions.jsonl``)
 
-This module imports nothing else from the package so that any module (and any
-external tool) can read and write the files without pulling in torch or vLLM.
+This module imports nothing else from the package but :mod:`fgrft.errors` so that any module
+(and any external tool) can read and write the files without pulling in torch or vLLM.
 """
 from __future__ import annotations
 
@@ -17,12 +17,23 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from fgrft.errors import RecordError
 
 SCHEMA_VERSION = 1
 # A fine-tuned checkpoint's lineage (its training run, data, base model), written by
 # fgrft.training.lineage into the checkpoint and copied beside an evaluation's predictions.
 LINEAGE_FILE = "fgrft.json"
+# Run-directory files that more than one module reads or writes (CONTRACTS.md).
+CONFIG_FILE = "config.yaml"                # every stage: the resolved config, secrets masked
+SUMMARY_FILE = "summary.json"              # generate, train (its presence marks a finished train job)
+RECORDS_FILE = "records.jsonl"             # generate: the kept TrainingRecords, Stage 2's input
+QUESTIONS_FILE = "questions.jsonl"         # generate: one outcome per question
+PREDICTIONS_FILE = "predictions.jsonl"     # evaluate: one Prediction per (item, sample)
+METRICS_FILE = "metrics.json"              # evaluate
+SCORER_AUDIT_FILE = "scorer_audit.jsonl"   # evaluate
+DRY_RUN_FILE = "dry_run.json"              # generate, evaluate: the plan and its price
 LETTERS = "ABCDEFGHIJKLMN"
 # The thesis prompt asks with exactly this line before the question.
 QUESTION_PREAMBLE = "Please answer the following multiple-choice question:"
@@ -30,24 +41,6 @@ QUESTION_PREAMBLE = "Please answer the following multiple-choice question:"
 _WS = re.compile(r"\s+")
 # An option line as the evaluation prompt renders it: "A. text" (also "A) text", "(A) text").
 OPTION_LINE = re.compile(r"^\s*\(?([A-N])[.)]\s+(.*\S)\s*$")
-
-
-class RecordError(ValueError):
-    """A malformed record: the message names file, record index and field."""
-
-    def __init__(self, message: str, *, file: str | Path | None = None,
-                 index: int | None = None, field: str | None = None):
-        self.file, self.index, self.field = file, index, field
-        # The bare message, so a caller can re-raise it with a location added.
-        self.reason = message
-        where = []
-        if file is not None:
-            where.append(str(file))
-        if index is not None:
-            where.append(f"record {index}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
 def fold(text: str) -> str:
@@ -132,10 +125,6 @@ class Question:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Question":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
 
 @dataclass
 class Gold:
@@ -180,20 +169,6 @@ class TrainingRecord:
             d.pop("raw_response")
         return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainingRecord":
-        gold = d.get("gold")
-        meta = d.get("meta") or {}
-        known = {f.name for f in dataclasses.fields(TrainingMeta)}
-        return cls(
-            id=d["id"], source=d["source"], Question=d["Question"],
-            Complex_CoT=d["Complex_CoT"], Response=d["Response"],
-            gold=Gold(**gold) if gold else None,
-            meta=TrainingMeta(**{k: v for k, v in meta.items() if k in known}),
-            schema_version=d.get("schema_version", SCHEMA_VERSION),
-            raw_response=d.get("raw_response"),
-        )
-
 
 @dataclass
 class Prediction:
@@ -224,6 +199,79 @@ class Prediction:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Prediction":
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+# --- reading records.jsonl (the Stage 1 -> Stage 2 hand-off) -----------------------------
+
+# The reasoning and final-answer fields: this project's names first, then the thesis's spellings.
+COT_FIELDS = ("Complex_CoT", "guided_solution", "Guided_Solution")
+RESPONSE_FIELDS = ("Response", "final_response", "Final_Response")
+
+
+def text_field(row: Mapping, names: Sequence[str], hint: str = "") -> str:
+    for name in names:
+        if name in row and row[name] is not None:
+            value = row[name]
+            if not isinstance(value, str):
+                raise RecordError(f"expected text, got {type(value).__name__}", field=name)
+            if not value.strip():
+                raise RecordError("empty text", field=name)
+            return value
+    aliases = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
+    raise RecordError(f"missing{aliases}{hint}", field=names[0])
+
+
+def training_record_from_row(row: Mapping[str, Any], default_source: str = "") -> TrainingRecord:
+    """One ``records.jsonl`` line (Stage 1's output), or an FGRFT-shaped row in the thesis's alias
+    spellings (:data:`COT_FIELDS`, :data:`RESPONSE_FIELDS`); errors name the field."""
+    naive_hint = ("; this looks like a naive-CoT record (question/response): set data.format=naive_cot"
+                  if "response" in row and not any(k in row for k in COT_FIELDS) else "")
+    question = text_field(row, ("Question", "question"))
+    cot = text_field(row, COT_FIELDS, naive_hint)
+    response = text_field(row, RESPONSE_FIELDS)
+    stem, options = split_option_lines(question)
+    record_id = row.get("id") or item_id(stem, options)
+    if not isinstance(record_id, str):
+        raise RecordError(f"expected text, got {type(record_id).__name__}", field="id")
+    source = row.get("source") or default_source
+    if not isinstance(source, str):
+        raise RecordError(f"expected text, got {type(source).__name__}", field="source")
+    raw = row.get("raw_response")
+    if raw is not None and not isinstance(raw, str):
+        raise RecordError(f"expected text, got {type(raw).__name__}", field="raw_response")
+    return TrainingRecord(id=record_id, source=source, Question=question, Complex_CoT=cot,
+                          Response=response, gold=gold_field(row.get("gold"), options),
+                          meta=_meta(row.get("meta")),
+                          schema_version=row.get("schema_version", 1), raw_response=raw)
+
+
+def gold_field(value: Any, options: Mapping[str, str]) -> Gold | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise RecordError(f"expected {{letter, text}}, got {type(value).__name__}", field="gold")
+    letter, text = value.get("letter"), value.get("text")
+    if not isinstance(letter, str) or not letter.strip():
+        raise RecordError("expected a letter", field="gold.letter")
+    if not isinstance(text, str):
+        raise RecordError("expected text", field="gold.text")
+    letter = letter.strip()
+    if options and letter not in options:
+        raise RecordError(f"gold letter {letter!r} is not among the question's options "
+                          f"{''.join(options)}", field="gold.letter")
+    if options and fold(text) != fold(options[letter]):
+        raise RecordError(f"gold text {text!r} differs from option {letter} ({options[letter]!r})",
+                          field="gold.text")
+    return Gold(letter=letter, text=text)
+
+
+def _meta(value: Any) -> TrainingMeta:
+    if value is None:
+        return TrainingMeta()
+    if not isinstance(value, Mapping):
+        raise RecordError(f"expected an object, got {type(value).__name__}", field="meta")
+    known = set(TrainingMeta.__dataclass_fields__)
+    return TrainingMeta(**{k: v for k, v in value.items() if k in known})
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:

@@ -2,7 +2,7 @@
 
 Usage: python -m fgrft.report experiment_name=NAME [sweep_id=ID] [experiments=[A,B,...]] [claims=PATH]
 """
-from fgrft.cli import hydra_entry
+from fgrft.app import hydra_entry
 
 
 def report_job(cfg, tracked):

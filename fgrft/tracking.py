@@ -9,24 +9,27 @@
   nested child. Every run carries the tags of CONTRACTS.md.
 * Secrets are masked from params, tags, logged files and log records by the
   one rule of :mod:`fgrft.secrets`.
-* :func:`run_stage` is the task wrapper every entrypoint uses: it always closes
-  the run, as FAILED when the job raised, and lets a sweep go on.
+* :func:`job_run` always closes the run, as FAILED when the job raised. A run it
+  opened for a job that stopped on a user error (:data:`fgrft.errors.USER_ERRORS`,
+  raised before any work starts) is deleted with its id file: the store keeps no
+  half-made run and the fixed command opens a fresh one.
+
+The Hydra app and the task wrapper that validates, scales and runs a job are in
+:mod:`fgrft.app`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
@@ -35,6 +38,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fgrft.config.resolvers import short_hash
+from fgrft.errors import USER_ERRORS
+from fgrft.records import CONFIG_FILE
 from fgrft.run_names import command_line, run_name, sweep_name
 from fgrft.secrets import redact, redact_obj, register_secret_envs
 
@@ -231,6 +236,7 @@ def job_run(cfg: DictConfig, job: JobInfo) -> Iterator[TrackedRun]:
         id_file.write_text(active.info.run_id)
     tracked = TrackedRun(run_id=active.info.run_id, job=job)
     status = "FAILED"
+    discard = False
     try:
         mlflow.set_tags({**_tags(job), NOTE_TAG: redact(
             command_line(job.stage, job.overrides, job.hydra_overrides))})
@@ -238,16 +244,24 @@ def job_run(cfg: DictConfig, job: JobInfo) -> Iterator[TrackedRun]:
         _write_config(cfg, job.run_dir)
         yield tracked
         status = "FINISHED"
+    except USER_ERRORS:
+        discard = not run_id
+        raise
     finally:
         try:
-            _log_run_dir(job.run_dir)
+            if not discard:
+                _log_run_dir(job.run_dir)
         finally:
             mlflow.end_run(status=status)
+            if discard:
+                mlflow.MlflowClient().delete_run(tracked.run_id)
+                id_file.unlink(missing_ok=True)
+                log.info("deleted MLflow run %s: the job stopped on a user error before any work", tracked.run_id)
 
 
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(redact_obj(container)))
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(redact_obj(container)))
 
 
 def _log_run_dir(run_dir: Path) -> None:
@@ -337,26 +351,3 @@ class SweepTrackingCallback(Callback):
             # Every job ran; the command still has to fail so scripts notice
             # (Hydra swallows exceptions from callbacks, so the entrypoint checks this).
             failed_sweeps.append(names)
-
-
-# --------------------------------------------------------------------------- task wrapper
-def run_stage(stage: str, cfg: DictConfig, job_fn: Callable[[DictConfig, TrackedRun], Any]) -> Any:
-    """Validate, track and run one Hydra job.
-
-    A failure ends the run as FAILED. In a multirun it is logged and the sweep
-    goes on (the parent run ends FAILED); a single run re-raises.
-    """
-    from fgrft.config import validate
-    from fgrft.config.scale import apply_scale
-
-    job = current_job(stage)
-    register_secret_envs(cfg)
-    cfg = apply_scale(validate(cfg, stage))
-    try:
-        with job_run(cfg, job) as tracked:
-            return job_fn(cfg, tracked)
-    except Exception:
-        if not job.is_multirun:
-            raise
-        log.error("job %s failed:\n%s", job.run_dir.name, redact(traceback.format_exc()))
-        return None

@@ -1,4 +1,4 @@
-"""A scripted stand-in for ``python -m fgrft.inference.vllm SPEC`` in the data-parallel dispatch tests:
+"""A scripted stand-in for ``python -m fgrft.evaluation.backends.vllm SPEC`` in the data-parallel dispatch tests:
 writes one completion per request naming the process and devices it ran on; a spec whose file name
 ends in ``.dp1.json`` fails after its first completion when ``STUB_FAIL_DP1=1``."""
 import json
@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from fgrft.inference.requests import Completion, CompletionSink
+from fgrft.evaluation.requests import Completion, CompletionSink
 
 spec_path = sys.argv[1]
 spec = json.loads(open(spec_path).read())

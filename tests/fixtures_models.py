@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from fgrft.models import ensure_built, start_vllm_engine, stop_vllm_engine
+from fgrft.models import ensure_built
+from tests.support.vllm_engine import start_vllm_engine, stop_vllm_engine
 
 ENGINE_FIXTURES = ("vllm_tiny", "vllm_smol")  # also the order their tests run in
 # Small explicit KV cache: test prompts are short, and RAM is shared.

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointConfig, Engine, Ledger,
+from fgrft.llm import (Budget, BudgetExhaustedError, ConfigError, EndpointSettings, Engine, Ledger,
                        PlannedCall, PriceTable, RetryPolicy, RunStoppedError, SqliteResponseCache,
                        Usage, estimate, load_prices)
 from fgrft.config import PRICES_FILE
@@ -127,7 +127,7 @@ def test_budget_validation_and_exhaustion():
 def run_calls(server, key_env, contents, *, ledger, cache=None, concurrency=1):
     async def go():
         async with Engine(retry=FAST, ledger=ledger, cache=cache) as engine:
-            ep = engine.endpoint(EndpointConfig(base_url=server.base_url, model="gpt-4o", kind="openai",
+            ep = engine.endpoint(EndpointSettings(base_url=server.base_url, model="gpt-4o", kind="openai",
                                                 api_key_env=key_env, concurrency=concurrency, timeout_s=5))
             return await asyncio.gather(*(ep.call([{"role": "user", "content": c}]) for c in contents),
                                         return_exceptions=True)
@@ -180,10 +180,10 @@ def test_a_budget_on_an_unpriced_paid_model_is_refused_before_any_call(fault_ser
     ledger = Ledger(prices, Budget(1.0))
     engine = Engine(ledger=ledger)
     with pytest.raises(ConfigError, match="no price"):
-        engine.endpoint(EndpointConfig(base_url=fault_server.base_url, model="gpt-9-preview",
+        engine.endpoint(EndpointSettings(base_url=fault_server.base_url, model="gpt-9-preview",
                                        api_key_env=api_key))
     # A self-hosted model without a price is free, so a budget is fine there.
-    engine.endpoint(EndpointConfig(base_url=fault_server.base_url, model="served", kind="vllm"))
+    engine.endpoint(EndpointSettings(base_url=fault_server.base_url, model="served", kind="vllm"))
     assert fault_server.total == 0
 
 

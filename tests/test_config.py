@@ -204,12 +204,12 @@ def test_one_config_error_for_the_schema_and_the_api_engine():
     import fgrft.config
     import fgrft.errors
     import fgrft.llm
-    from fgrft.llm import EndpointConfig, profile_for
+    from fgrft.llm import EndpointSettings, profile_for
     from fgrft.llm.profiles import build_request
     from fgrft.llm.config import Sampling
 
     assert fgrft.config.ConfigError is fgrft.llm.ConfigError is fgrft.errors.ConfigError
     # An engine-side settings error is caught by the handler written for schema errors.
-    ep = EndpointConfig(base_url="http://127.0.0.1:1/v1", model="gpt-4o", kind="openai")
+    ep = EndpointSettings(base_url="http://127.0.0.1:1/v1", model="gpt-4o", kind="openai")
     with pytest.raises(fgrft.config.ConfigError, match="vLLM sampling parameter"):
         build_request(profile_for(ep), ep.model, [], Sampling(top_k=5))

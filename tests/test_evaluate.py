@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from fgrft.evaluation.prompts import load_template, render
-from fgrft.evaluation.replay import load_replay
+from fgrft.prompts import load_template, render
+from fgrft.evaluation.backends.replay import load_replay
 from fgrft.records import Prediction, Question, read_jsonl
 from fgrft.scoring import score_predictions
 
@@ -241,9 +241,9 @@ def test_vllm_and_hf_send_identical_prompt_token_ids(vllm_tiny, tiny_path):
 
     from fgrft.data import load_benchmark
     from fgrft.data.benchmarks import benchmark_items
-    from fgrft.evaluation.prompts import render_all
-    from fgrft.inference.requests import CompletionSink, GenerationRequest, Sampling, encode_chat, token_ids_hash
-    from fgrft.inference.vllm import generate_with_engine
+    from fgrft.prompts import render_all
+    from fgrft.evaluation.requests import CompletionSink, GenerationRequest, Sampling, encode_chat, token_ids_hash
+    from fgrft.evaluation.backends.vllm import generate_with_engine
 
     questions = benchmark_items(load_benchmark({"name": "sample", "limit": 2}))
     texts = render_all(load_template("eval_thesis.txt"), questions)

@@ -13,7 +13,7 @@ from fgrft.evaluation.resume import (
     set_aside,
     weights_identity,
 )
-from fgrft.inference.requests import PARTIAL_FILE
+from fgrft.evaluation.requests import PARTIAL_FILE
 
 SAMPLING = {"temperature": 0.5, "top_p": 0.9, "max_new_tokens": 64, "n_samples": 1, "seed": 42}
 

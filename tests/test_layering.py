@@ -1,8 +1,5 @@
 """The import rules of the layout, checked on the source (every import, top-level or inside a
 function): a violation fails here before it becomes a cycle or a shipped test dependency.
-
-Not yet a rule: fgrft.training imports fgrft.evaluation (the evaluation prompt for its
-formatting, and the evaluation job for evaluate-after).
 """
 from __future__ import annotations
 
@@ -54,17 +51,32 @@ RULES = [
     ("fgrft/errors.py", ("fgrft",)),
     ("fgrft/secrets.py", ("fgrft",)),
     # Lower layers never reach up into the stages or the app.
-    ("fgrft/records.py", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/records.py", ("fgrft.generation", "fgrft.training", "fgrft.evaluation",
                           "fgrft.reporting", "fgrft.tracking")),
-    ("fgrft/scoring", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/scoring", ("fgrft.generation", "fgrft.training", "fgrft.evaluation",
                        "fgrft.reporting", "fgrft.tracking")),
-    ("fgrft/llm", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/llm", ("fgrft.generation", "fgrft.training", "fgrft.evaluation",
                    "fgrft.reporting", "fgrft.tracking", "fgrft.models")),
-    ("fgrft/config", ("fgrft.pipeline", "fgrft.training", "fgrft.evaluation", "fgrft.inference",
+    ("fgrft/config", ("fgrft.generation", "fgrft.training", "fgrft.evaluation",
                       "fgrft.reporting", "fgrft.tracking", "fgrft.llm")),
     # Stage 1 and reporting do not use each other's or the later stages' internals.
-    ("fgrft/pipeline", ("fgrft.training", "fgrft.evaluation", "fgrft.reporting")),
-    ("fgrft/reporting", ("fgrft.pipeline", "fgrft.training", "fgrft.inference")),
+    ("fgrft/generation", ("fgrft.training", "fgrft.evaluation", "fgrft.reporting")),
+    ("fgrft/reporting", ("fgrft.generation", "fgrft.training")),
+    # Training renders prompts through fgrft.prompts; the entrypoint hands it the evaluation job.
+    ("fgrft/training", ("fgrft.evaluation", "fgrft.generation", "fgrft.reporting")),
+    ("fgrft/prompts.py", ("fgrft.generation", "fgrft.training", "fgrft.evaluation",
+                          "fgrft.reporting", "fgrft.tracking")),
+    # The app wires the stages; nothing below it reaches back up.
+    *((root, ("fgrft.app",)) for root in ("fgrft/tracking.py", "fgrft/generation", "fgrft/training",
+                                          "fgrft/evaluation", "fgrft/reporting", "fgrft/config")),
+    # Each stage uses the shared layers, not another stage's internals.
+    ("fgrft/evaluation", ("fgrft.generation", "fgrft.training", "fgrft.reporting")),
+    # Loaders, scorers and model plumbing sit below the stages and the call engine.
+    ("fgrft/data", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.reporting",
+                    "fgrft.tracking", "fgrft.app", "fgrft.llm", "fgrft.models")),
+    ("fgrft/scoring", ("fgrft.data", "fgrft.llm", "fgrft.models", "fgrft.app")),
+    ("fgrft/models", ("fgrft.generation", "fgrft.training", "fgrft.evaluation", "fgrft.reporting",
+                      "fgrft.tracking", "fgrft.app", "fgrft.llm", "fgrft.data")),
     # Test support is shared with benchmarks, so it must not depend on them.
     ("tests/support", ("benchmarks",)),
 ]

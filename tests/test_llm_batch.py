@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from fgrft.config import PRICES_FILE
-from fgrft.llm import (Budget, BudgetExhaustedError, EndpointConfig, Engine, Ledger,
+from fgrft.llm import (Budget, BudgetExhaustedError, EndpointSettings, Engine, Ledger,
                        SqliteResponseCache, load_prices)
 from fgrft.llm.batch import BatchFailedError
 from tests.support.batch_server import BatchScript, BatchServer
@@ -24,8 +24,8 @@ def batch_server():
         yield server
 
 
-def endpoint(server, mode="batch", **kw) -> EndpointConfig:
-    return EndpointConfig(base_url=server.base_url, model=kw.pop("model", "m"), kind="vllm",
+def endpoint(server, mode="batch", **kw) -> EndpointSettings:
+    return EndpointSettings(base_url=server.base_url, model=kw.pop("model", "m"), kind="vllm",
                           name=kw.pop("name", "gen"), mode=mode, batch_poll_s=0.02, timeout_s=10,
                           **kw)
 
@@ -197,13 +197,13 @@ def test_batch_settings_are_checked_before_anything_starts():
     from fgrft.llm import ConfigError
 
     with pytest.raises(ConfigError, match="mode must be one of"):
-        EndpointConfig(base_url="http://x/v1", model="m", mode="bulk")
+        EndpointSettings(base_url="http://x/v1", model="m", mode="bulk")
     with pytest.raises(ConfigError, match="batch_max_tries must be >= 1"):
-        EndpointConfig(base_url="http://x/v1", model="m", mode="batch", batch_max_tries=0)
+        EndpointSettings(base_url="http://x/v1", model="m", mode="batch", batch_max_tries=0)
 
     async def without_a_durable_cache():
         async with Engine() as engine:
-            engine.endpoint(EndpointConfig(base_url="http://x/v1", model="m", kind="vllm", mode="batch"))
+            engine.endpoint(EndpointSettings(base_url="http://x/v1", model="m", kind="vllm", mode="batch"))
     with pytest.raises(ConfigError, match="needs the SQLite response cache"):
         asyncio.run(without_a_durable_cache())
 
@@ -211,8 +211,8 @@ def test_batch_settings_are_checked_before_anything_starts():
 def test_a_question_whose_row_never_gets_an_answer_is_dropped_as_batch_failed(tmp_path):
     from tests.support.step_responder import StepResponder
     from fgrft.data import load_source
-    from fgrft.pipeline.prompts import load_prompts
-    from fgrft.pipeline.run import Pipeline, RunSettings
+    from fgrft.generation.prompts import load_prompts
+    from fgrft.generation.run import Pipeline, RunSettings
 
     questions = load_source({"name": "sample"}).questions[:3]
 

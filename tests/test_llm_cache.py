@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from fgrft.llm import EndpointConfig, Engine, RetryPolicy, Sampling, build_request, profile_for, request_key
+from fgrft.llm import EndpointSettings, Engine, RetryPolicy, Sampling, build_request, profile_for, request_key
 from fgrft.llm.cache import CacheError, SqliteResponseCache, default_path
 from tests.support.fault_server import FaultServer, bad_body, reply_json, truncated
 
@@ -37,7 +37,7 @@ def run_calls(server: FaultServer, cache, contents: list[str], *, concurrency: i
     async def go():
         trace = events.append if events is not None else None
         async with Engine(retry=FAST, cache=cache, trace=trace) as engine:
-            ep = engine.endpoint(EndpointConfig(base_url=server.base_url, model="fault-model", kind="vllm",
+            ep = engine.endpoint(EndpointSettings(base_url=server.base_url, model="fault-model", kind="vllm",
                                                 concurrency=concurrency, timeout_s=5.0))
             return await asyncio.gather(*(ep.call([{"role": "user", "content": c}], schema=SCHEMA,
                                                   sampling=Sampling(temperature=0.7, seed=1))
@@ -143,8 +143,8 @@ def _key(profile, sampling: Sampling, *, model="m", scope="", attempt=0) -> str:
 def test_the_key_covers_every_sampling_field_and_the_scope():
     """A Sampling field that build_request forgot to send would make different requests share
     one cached answer; every field is varied here, so adding one without wiring it fails."""
-    vllm = profile_for(EndpointConfig(base_url="http://x/v1", model="m", kind="vllm"))
-    reasoning = profile_for(EndpointConfig(base_url="http://x/v1", model="o3", kind="openai"))
+    vllm = profile_for(EndpointSettings(base_url="http://x/v1", model="m", kind="vllm"))
+    reasoning = profile_for(EndpointSettings(base_url="http://x/v1", model="o3", kind="openai"))
     values = {"temperature": 0.3, "top_p": 0.5, "max_tokens": 17, "seed": 5, "stop": ("END",),
               "presence_penalty": 0.2, "frequency_penalty": 0.1, "top_k": 3, "min_p": 0.1,
               "repetition_penalty": 1.2, "extra": {"ignore_eos": True}}
@@ -158,7 +158,7 @@ def test_the_key_covers_every_sampling_field_and_the_scope():
     assert _key(vllm, Sampling(), attempt=1) != base
     # The endpoint URL is deliberately not part of the key (a restarted local server on
     # another port answers the same requests).
-    other = profile_for(EndpointConfig(base_url="http://elsewhere:1/v1", model="m", kind="vllm"))
+    other = profile_for(EndpointSettings(base_url="http://elsewhere:1/v1", model="m", kind="vllm"))
     assert _key(other, Sampling()) == base
 
 
@@ -169,13 +169,13 @@ def test_the_key_covers_every_sampling_field_and_the_scope():
 # imported. Its calls are plain engine calls; the cache and engine are the ones under test.
 WORKER = textwrap.dedent("""
     import asyncio, sys
-    from fgrft.llm import EndpointConfig, Engine, RetryPolicy, SqliteResponseCache
+    from fgrft.llm import EndpointSettings, Engine, RetryPolicy, SqliteResponseCache
     base_url, cache_dir, first, last, concurrency = sys.argv[1:6]
     cache = SqliteResponseCache.in_dir(cache_dir)
 
     async def main():
         async with Engine(cache=cache, retry=RetryPolicy(max_retries=2, base_delay_s=0.01)) as engine:
-            ep = engine.endpoint(EndpointConfig(base_url=base_url, model="fault-model", kind="vllm",
+            ep = engine.endpoint(EndpointSettings(base_url=base_url, model="fault-model", kind="vllm",
                                                 concurrency=int(concurrency), timeout_s=10))
             async def one(i):
                 await ep.call([{"role": "user", "content": f"job-{i}"}], sampling={"seed": i})

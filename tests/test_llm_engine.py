@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from fgrft.llm import (CallResult, Clock, ConfigError, EndpointConfig, Engine, FatalAPIError,
+from fgrft.llm import (CallResult, Clock, ConfigError, EndpointSettings, Engine, FatalAPIError,
                        OutputError, RetryExhaustedError, RetryPolicy, RunStoppedError, Sampling,
                        SchemaError, TokenBucket, build_request, check_schema, estimate_tokens,
                        profile_for, redact, request_key, validate)
@@ -35,10 +35,10 @@ TRACE_FIELDS = {"schema_version", "id", "step", "attempt", "cache_key", "cached"
                 "tokens", "latency_s", "outcome"}
 
 
-def endpoint_cfg(server: FaultServer, key_env: str | None, **kw) -> EndpointConfig:
+def endpoint_cfg(server: FaultServer, key_env: str | None, **kw) -> EndpointSettings:
     kw = {"base_url": server.base_url, "name": "generator", "model": "fault-model",
           "timeout_s": 2.0, **kw}
-    return EndpointConfig(api_key_env=key_env, **kw)
+    return EndpointSettings(api_key_env=key_env, **kw)
 
 
 def call_once(server, key_env, *, engine_kw=None, cfg_kw=None, messages=MSG, **call_kw):
@@ -430,7 +430,7 @@ def test_trace_events_carry_the_contract_fields(fault_server, api_key):
 
 
 def _profile(model="gpt-4o", kind="openai", **kw):
-    return profile_for(EndpointConfig(base_url="http://x/v1", model=model, kind=kind, **kw))
+    return profile_for(EndpointSettings(base_url="http://x/v1", model=model, kind=kind, **kw))
 
 
 @pytest.mark.parametrize("model, reasoning", [
@@ -483,15 +483,15 @@ def test_reasoning_effort_needs_a_reasoning_model():
 def test_config_mappings_refuse_misspelt_keys():
     with pytest.raises(ConfigError, match="temprature"):
         Sampling.from_mapping({"temprature": 0.5})
-    cfg = EndpointConfig.from_mapping({"base_url": "http://x/v1", "model": "m", "rpm": 60,
+    cfg = EndpointSettings.from_mapping({"base_url": "http://x/v1", "model": "m", "rpm": 60,
                                        "sampling": {}}, name="verifier", ignore=("sampling",))
     assert (cfg.label, cfg.rpm) == ("verifier", 60)
     with pytest.raises(ConfigError, match="unknown key"):
-        EndpointConfig.from_mapping({"base_url": "http://x/v1", "model": "m", "rmp": 60})
+        EndpointSettings.from_mapping({"base_url": "http://x/v1", "model": "m", "rmp": 60})
     with pytest.raises(ConfigError, match="timeout_s"):
-        EndpointConfig(base_url="http://x/v1", model="m", timeout_s=0)
+        EndpointSettings(base_url="http://x/v1", model="m", timeout_s=0)
     with pytest.raises(ConfigError, match="kind"):
-        EndpointConfig(base_url="http://x/v1", model="m", kind="anthropic")
+        EndpointSettings(base_url="http://x/v1", model="m", kind="anthropic")
 
 
 # ----------------------------------------------------------------------------- units: retry decisions

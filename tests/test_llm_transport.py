@@ -10,7 +10,7 @@ import httpx2
 import openai
 import pytest
 
-from fgrft.llm import EndpointConfig, Engine, RetryPolicy
+from fgrft.llm import EndpointSettings, Engine, RetryPolicy
 from fgrft.llm.engine import default_client, sdk_client
 from fgrft.llm.retry import classify
 from fgrft.llm.transport import LocalHTTPClient, applies_to
@@ -40,7 +40,7 @@ async def outcome(client):
 ], ids=lambda a: a.kind)
 def test_the_lean_client_fails_exactly_like_the_sdk(action):
     with FaultServer() as server:
-        cfg = EndpointConfig(base_url=server.base_url, model="fault-model", timeout_s=0.5)
+        cfg = EndpointSettings(base_url=server.base_url, model="fault-model", timeout_s=0.5)
 
         async def both():
             results = []
@@ -129,7 +129,7 @@ def test_the_engine_uses_it_for_local_urls_and_reuses_connections():
     with FaultServer(latency_s=0.01) as server:
         async def go():
             async with Engine(retry=RetryPolicy(max_retries=1, base_delay_s=0.01)) as engine:
-                ep = engine.endpoint(EndpointConfig(base_url=server.base_url, model="fault-model",
+                ep = engine.endpoint(EndpointSettings(base_url=server.base_url, model="fault-model",
                                                     kind="vllm", concurrency=4))
                 await asyncio.gather(*(ep.call([{"role": "user", "content": str(i)}]) for i in range(40)))
                 return engine._client(ep)
@@ -143,7 +143,7 @@ def test_only_plain_http_without_a_proxy_gets_the_lean_client(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert applies_to("http://127.0.0.1:8000/v1")
     assert not applies_to("https://api.openai.com/v1")
-    assert isinstance(default_client(EndpointConfig(base_url="https://api.openai.com/v1", model="m"), KEY),
+    assert isinstance(default_client(EndpointSettings(base_url="https://api.openai.com/v1", model="m"), KEY),
                       openai.AsyncOpenAI)
     monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
     assert not applies_to("http://gpu-node:8000/v1")

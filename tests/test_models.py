@@ -25,7 +25,7 @@ from fgrft.models import (
     write_training_chat_template,
 )
 from fgrft.models import chat_templates as ct
-from fgrft.models.engine import cpu_engine_env, cpu_has_native_bf16
+from fgrft.models.vllm_settings import cpu_engine_env, cpu_has_native_bf16
 from fgrft.models import embedded
 
 # --- stock templates written from memory (test fixtures, not shipped code) ----
@@ -530,7 +530,7 @@ def test_in_process_engine_leaves_the_test_process_clean(_vllm_slot, tiny_path):
     import torch
     import torch.distributed as dist
 
-    from fgrft.models import start_vllm_engine, stop_vllm_engine
+    from tests.support.vllm_engine import start_vllm_engine, stop_vllm_engine
 
     _vllm_slot.close()  # one engine at a time
     threads, set_num_threads = torch.get_num_threads(), torch.set_num_threads

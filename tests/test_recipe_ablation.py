@@ -83,7 +83,7 @@ def test_report_compares_the_recipe_arms_under_both_scorers_and_marks_a_padded_o
     from fgrft.records import Prediction
     from fgrft.reporting.assemble import build_report
     from fgrft.reporting.collect import Collection
-    from fgrft.reporting.records import eval_run_from_logged, other_scorer_view
+    from fgrft.reporting.eval_runs import eval_run_from_logged, other_scorer_view
     from fgrft.reporting.render import render_markdown
     from fgrft.scoring import score_predictions
     from tests.test_report_support import logged_params, questions
@@ -129,7 +129,7 @@ def test_a_real_source_without_every_benchmark_file_is_a_config_error_naming_it(
 
     from fgrft.config import CONF_DIR, register_resolvers, validate
     from fgrft.errors import ConfigError as UserError
-    from fgrft.pipeline.job import contamination_benchmarks
+    from fgrft.generation.job import contamination_benchmarks
     from tests.test_pipeline_job import thesis_benchmark_dir
 
     monkeypatch.delenv("FGRFT_BENCHMARK_DIR", raising=False)

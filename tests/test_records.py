@@ -5,7 +5,7 @@ import pytest
 
 from fgrft.records import (Gold, Prediction, Question, RecordError, TrainingMeta, TrainingRecord,
                            fold, item_id, question_with_options, read_jsonl, split_option_lines,
-                           stem_id, write_jsonl)
+                           stem_id, training_record_from_row, write_jsonl)
 
 OPTIONS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin"}
 
@@ -47,7 +47,7 @@ def test_question_computes_its_id_and_keeps_a_given_one():
     q = Question("MedQA_sample", "Which drug?", OPTIONS, "B", "Heparin")
     assert q.id == item_id("Which drug?", OPTIONS) and len(q.id) == 16
     assert Question("s", "Which drug?", OPTIONS, "B", "Heparin", id="fixed").id == "fixed"
-    assert Question.from_dict({**q.to_dict(), "extra": 1}) == q
+    assert Question(**q.to_dict()) == q
 
 
 def test_training_record_round_trip_and_raw_response_only_when_set(tmp_path):
@@ -58,16 +58,16 @@ def test_training_record_round_trip_and_raw_response_only_when_set(tmp_path):
                            raw_response="c\n\nr")
     path = tmp_path / "records.jsonl"
     assert write_jsonl(path, [r, naive]) == 2
-    back = [TrainingRecord.from_dict(d) for _, d in read_jsonl(path)]
+    back = [training_record_from_row(d) for _, d in read_jsonl(path)]
     assert back == [r, naive]
     assert back[0].gold == Gold("A", "a") and back[0].meta.revised is True
     assert json.loads(path.read_text().splitlines()[0])["schema_version"] == 1
 
 
-def test_training_record_from_dict_drops_unknown_meta_keys():
+def test_the_records_reader_drops_unknown_meta_keys():
     d = {"id": "x", "source": "s", "Question": "Q", "Complex_CoT": "c", "Response": "r",
          "meta": {"student_letter": "A", "something_new": 3}}
-    assert TrainingRecord.from_dict(d).meta.student_letter == "A"
+    assert training_record_from_row(d).meta.student_letter == "A"
 
 
 def test_prediction_drops_head_and_tail_unless_the_thesis_scorer_set_them():

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable
 
-from fgrft.evaluation.prompts import items_hash
+from fgrft.prompts import items_hash
 from fgrft.records import Prediction, Question, write_jsonl
-from fgrft.reporting.records import EvalRun, eval_run_from_logged
+from fgrft.reporting.eval_runs import EvalRun, eval_run_from_logged
 from fgrft.scoring import score_predictions
 
 LETTERS = "ABCDEFGH"

@@ -238,7 +238,7 @@ def test_empty_outputs_the_thesis_scorer_dropped_still_count_as_the_full_item_se
 
 
 def test_several_samples_per_item_pair_on_sample_zero_and_report_their_spread():
-    from fgrft.reporting.records import eval_run_from_logged
+    from fgrft.reporting.eval_runs import eval_run_from_logged
     from fgrft.records import Prediction
     from fgrft.scoring import score_predictions
     from tests.test_report_support import logged_params
@@ -276,7 +276,7 @@ def test_several_samples_per_item_pair_on_sample_zero_and_report_their_spread():
 
 def test_legacy_paired_tests_compare_tail_readings_and_other_scorer_views():
     from fgrft.records import Prediction
-    from fgrft.reporting.records import eval_run_from_logged, other_scorer_view
+    from fgrft.reporting.eval_runs import eval_run_from_logged, other_scorer_view
     from fgrft.scoring import score_predictions
     from tests.test_report_support import logged_params
 

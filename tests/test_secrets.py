@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import fgrft.secrets
-from fgrft.llm import EndpointConfig, Engine, FatalAPIError, RetryPolicy
+from fgrft.llm import EndpointSettings, Engine, FatalAPIError, RetryPolicy
 from fgrft.secrets import MASK, RedactingFilter, redact, register_secret_envs
 from tests.support.fault_server import error
 from fgrft.tracking import JobInfo, TrackedRun, _write_config
@@ -43,7 +43,7 @@ def test_one_secret_is_masked_alike_in_a_log_line_an_error_an_mlflow_param_and_a
 
     async def call():
         async with Engine(retry=RetryPolicy(max_retries=0)) as engine:
-            ep = engine.endpoint(EndpointConfig(base_url=fault_server.base_url, model="m", name="generator",
+            ep = engine.endpoint(EndpointSettings(base_url=fault_server.base_url, model="m", name="generator",
                                                 api_key_env=CREDENTIAL_ENV, timeout_s=2.0))
             return await ep.call([{"role": "user", "content": "hi"}])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fgrft.data import assistant_target, load_training_records
-from fgrft.evaluation.prompts import load_template, render_all
+from fgrft.prompts import load_template, render_all
 from fgrft.models import chat_templates as ct
 from fgrft.models import training_chat_template
 from fgrft.records import Question, split_option_lines

@@ -181,6 +181,7 @@ def test_checkpoint_loads_in_vllm(resumed, _vllm_slot):
 
 
 def test_evaluate_after_is_a_nested_child_of_the_training_run(resumed, tmp_path, monkeypatch, model_cache_dir):
+    from fgrft.evaluation.job import run_evaluation
     from fgrft.training.evaluate_after import evaluate_checkpoint
 
     monkeypatch.chdir(tmp_path)
@@ -192,7 +193,7 @@ def test_evaluate_after_is_a_nested_child_of_the_training_run(resumed, tmp_path,
     try:
         with mlflow.start_run() as parent:
             mlflow.set_tags({"sweep_id": "s1", "stage": "train"})
-            overall = evaluate_checkpoint(cfg, resumed.run_dir / "checkpoint", tmp_path / "run")
+            overall = evaluate_checkpoint(cfg, resumed.run_dir / "checkpoint", tmp_path / "run", run_evaluation)
     finally:
         mlflow.set_tracking_uri(previous)
     assert overall["total"] == 3

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from fgrft.config import CONF_DIR
 from fgrft.data import load_training_records
-from fgrft.evaluation.prompts import load_template
+from fgrft.prompts import load_template
 from fgrft.models import training_chat_template
 from fgrft.training.batching import BatchStats, effective_batching, sft_batching_args
 from fgrft.training.formatting import tokenize_records

@@ -1,13 +1,15 @@
 """A Hydra app on the real entrypoint machinery with a trivial job, for tracking tests.
 
 Run as `python -m tests.tracking_app [overrides]` with the repository on PYTHONPATH.
-FGRFT_TEST_FAIL_ON=<text> makes jobs whose overrides contain <text> raise.
+FGRFT_TEST_FAIL_ON=<text> makes jobs whose overrides contain <text> raise;
+FGRFT_TEST_USER_ERROR_ON=<text> makes them raise a user error (ConfigError) instead.
 """
 import json
 import logging
 import os
 
-from fgrft.cli import hydra_entry
+from fgrft.app import hydra_entry
+from fgrft.errors import ConfigError
 
 log = logging.getLogger("tests.tracking_app")
 
@@ -22,6 +24,9 @@ def job(cfg, run):
     counter.write_text(counter.read_text() + "x" if counter.exists() else "x")
     (run.job.run_dir / "metrics.json").write_text(json.dumps({"temperature": cfg.temperature.temperature}))
     run.log_metrics({"accuracy/overall": cfg.temperature.temperature})
+    user_error_on = os.environ.get("FGRFT_TEST_USER_ERROR_ON")
+    if user_error_on and user_error_on in overrides:
+        raise ConfigError(f"temperature.temperature: scripted user error for {overrides}")
     fail_on = os.environ.get("FGRFT_TEST_FAIL_ON")
     if fail_on and fail_on in overrides:
         raise RuntimeError(f"scripted failure for {overrides}")

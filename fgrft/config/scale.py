@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, open_dict
 
+from fgrft.config.options import group_options, option_values
+
 TOY_BENCHMARK_LIMIT = 8
 TOY_MAX_NEW_TOKENS = 96
 TOY_TRAIN_STEPS = 4
@@ -17,6 +19,9 @@ TOY_TRAIN_STEPS = 4
 TOY_MIN_LEARNING_RATE = 1e-4
 TOY_SOURCE_N = 4
 TOY_GENERATION_TOKENS = 384
+# The bundled options of the groups that would otherwise read thesis files or the hub.
+TOY_BENCHMARK = "sample"
+TOY_SOURCE = "sample"
 
 
 def apply_scale(cfg: DictConfig) -> DictConfig:
@@ -51,8 +56,8 @@ def apply_scale(cfg: DictConfig) -> DictConfig:
 
 def _toy_benchmark(cfg: DictConfig) -> None:
     b = cfg.benchmark
-    if b.name in {"all", "medqa", "pubmedqa", "medmcqa"} and not b.path:
-        b.name, b.dir, b.file_key, b.hub_id, b.hub_config, b.split = "sample", None, None, None, None, None
+    if b.name != TOY_BENCHMARK and b.name in group_options("benchmark") and not b.path:
+        _take_option(b, "benchmark", TOY_BENCHMARK, keep=("limit",))
     b.limit = min(b.limit or TOY_BENCHMARK_LIMIT, TOY_BENCHMARK_LIMIT)
 
 
@@ -62,8 +67,11 @@ def _toy_data(cfg: DictConfig) -> None:
         return
     # The bundled records of the same format; the target format (what an
     # ablation arm varies) is kept.
-    d.name = "sample" if d.format == "fgrft" else "sample_naive"
-    d.hub_id, d.split, d.n = None, None, None
+    options = {name: option_values("data", name) for name in group_options("data")}
+    bundled = [name for name, values in options.items() if values.get("bundled") and values.get("format") == d.format]
+    if not bundled:
+        raise ValueError(f"scale=toy: no data option under conf/data/ bundles records of format {d.format!r}")
+    _take_option(d, "data", bundled[0], keep=("target_format", "seed"))
 
 
 def _toy_trainer(cfg: DictConfig) -> None:
@@ -103,6 +111,13 @@ def _toy_endpoint(endpoint: DictConfig) -> None:
 def _toy_source(cfg: DictConfig) -> None:
     s = cfg.source
     if not s.path:
-        s.name, s.hub_id, s.split, s.file_key = "sample", None, None, None
+        _take_option(s, "source", TOY_SOURCE, keep=("limit", "seed", "n"))
     s.n = min(s.n, TOY_SOURCE_N) if s.n else None
     s.limit = min(s.limit or TOY_SOURCE_N, TOY_SOURCE_N)
+
+
+def _take_option(node: DictConfig, group: str, name: str, keep: tuple[str, ...]) -> None:
+    """Switch ``node`` to option ``name`` of ``group``: its file's values, except the ``keep`` keys."""
+    for key, value in option_values(group, name).items():
+        if key not in keep:
+            node[key] = value

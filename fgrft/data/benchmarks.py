@@ -1,21 +1,23 @@
 """Evaluation benchmarks: ``load_benchmark(spec) -> {source: [Question]}``.
 
-Options (``benchmark.name``): ``medqa``, ``pubmedqa``, ``medmcqa`` (one source
-each), ``all`` (the three thesis sources, read from ``dir``) and ``sample``
-(the bundled fixtures ``MedQA_sample``, ``PubMedQA_sample``,
-``MedMCQA_sample``).
+Options (``benchmark.name``) are the files under ``conf/benchmark/``: ``all``
+(the three thesis sources, read from ``dir``), ``sample`` (the bundled fixtures
+``MedQA_sample``, ``PubMedQA_sample``, ``MedMCQA_sample``) and one source each
+for every other file (``medqa``, ``pubmedqa``, ``medmcqa``).
 
 A single-source option is resolved in this order: ``path`` (one local file),
-``dir`` (the thesis file that holds ``file_key``), ``hub_id``. The MedMCQA
+``dir`` (the thesis file that holds ``file_key``), ``hub_id``; a key the spec
+leaves unset takes the option file's value. A new hub set also needs its row
+converter in :data:`fgrft.data.hub.QUESTION_CONVERTERS`. The MedMCQA
 1,000-item subset exists only as the thesis file: its hub split has 4,183 items.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fgrft.config.options import group_options, option_values
 from fgrft.records import Question, RecordError
 
 from . import hub
@@ -32,25 +34,14 @@ THESIS_FILES = {
     "MedMCQA_validation": "eval_data_medmcqa.json",
 }
 SAMPLE_FILE = "benchmark_sample.json"
-SAMPLE_SOURCES = ("MedQA_sample", "PubMedQA_sample", "MedMCQA_sample")
+# The options that read several sources, each by its own loader; every other option of the
+# benchmark group (conf/benchmark/<name>.yaml) is one source, resolved from its own keys.
+MULTI_SOURCE = ("all", "sample")
 
 
-@dataclass(frozen=True)
-class SingleSource:
-    """Defaults of a single-source option; spec keys that are set win."""
-
-    file_key: str
-    hub_id: str
-    hub_config: str | None
-    split: str
-
-
-SINGLE_SOURCES = {
-    "medqa": SingleSource("MedQA_USLME_test", hub.MEDQA_HUB, None, "test"),
-    "pubmedqa": SingleSource("PubMedQA_test", hub.PUBMEDQA_HUB, hub.PUBMEDQA_CONFIG, "train"),
-    "medmcqa": SingleSource("MedMCQA_validation", hub.MEDMCQA_HUB, None, "validation"),
-}
-BENCHMARK_NAMES = (*SINGLE_SOURCES, "all", "sample")
+def benchmark_names() -> tuple[str, ...]:
+    """The ``benchmark.name`` options: the files under ``conf/benchmark/``."""
+    return group_options("benchmark")
 
 
 def load_benchmark(spec: Mapping[str, Any] | None = None, /, *, cache_dir: str | None = None,
@@ -66,16 +57,16 @@ def load_benchmark(spec: Mapping[str, Any] | None = None, /, *, cache_dir: str |
     spec = merged(spec, overrides)
     name = spec.get("name")
     limit = optional_int(spec, "limit", "benchmark")
-    if name in ("all", "sample"):
+    if name in MULTI_SOURCE:
         if spec.get("path"):
             log.warning("benchmark.path is for single-source options; benchmark=%s ignores it", name)
         sources = _load_all(spec) if name == "all" else _load_sample(spec)
-    elif name in SINGLE_SOURCES:
-        sources = dict([_load_single(spec, SINGLE_SOURCES[name], cache_dir)])
+    elif name in benchmark_names():
+        sources = dict([_load_single(spec, option_values("benchmark", name), cache_dir)])
     elif name is None and spec.get("path"):
         sources = _load_file(Path(spec["path"]).expanduser(), spec.get("file_key"))
     else:
-        raise ValueError(f"unknown benchmark {name!r}; options: {', '.join(BENCHMARK_NAMES)}")
+        raise ValueError(f"unknown benchmark {name!r}; options: {', '.join(benchmark_names())}")
     _check_unique_across(sources)
     return {source: [q for _, q in items[:limit]] for source, items in sources.items()}
 
@@ -98,9 +89,10 @@ def _load_file(path: Path, file_key: str | None) -> dict[str, Items]:
     return {name: _checked(items, where(path, name)) for name, items in sources.items()}
 
 
-def _load_single(spec: Mapping[str, Any], option: SingleSource,
+def _load_single(spec: Mapping[str, Any], option: Mapping[str, Any],
                  cache_dir: str | None) -> tuple[str, Items]:
-    file_key = first_set(spec.get("file_key"), option.file_key)
+    """One source: spec keys that are set win over the option file's (``option``)."""
+    file_key = first_set(spec.get("file_key"), option.get("file_key"))
     label = f"benchmark={spec.get('name')}"
     if spec.get("path"):
         path = Path(spec["path"]).expanduser()
@@ -109,16 +101,16 @@ def _load_single(spec: Mapping[str, Any], option: SingleSource,
         return source, _checked(items, where(path, source))
     if spec.get("dir"):
         return _from_thesis_dir(Path(spec["dir"]).expanduser(), file_key, label)
-    hub_id = first_set(spec.get("hub_id"), option.hub_id)
+    hub_id = first_set(spec.get("hub_id"), option.get("hub_id"))
     if hub_id:
         # The option's config (pqa_labeled) only means something for its own hub set.
-        own_hub = hub_id.lower() == option.hub_id.lower()
-        config = first_set(spec.get("hub_config"), option.hub_config if own_hub else None)
-        split = first_set(spec.get("split"), option.split)
+        own_hub = hub_id.lower() == (option.get("hub_id") or "").lower()
+        config = first_set(spec.get("hub_config"), option.get("hub_config") if own_hub else None)
+        split = first_set(spec.get("split"), option.get("split"))
         # Known hub sets are named by their thesis keys; others by file_key when given.
         known = hub_id.lower() in hub.QUESTION_CONVERTERS
         source, items = hub.hub_questions(hub_id, config, split, cache_dir=cache_dir,
-                                          source=None if known else spec.get("file_key"))
+                                          source=None if known else file_key)
         if hub_id.lower() == hub.MEDMCQA_HUB.lower():
             log.warning("the MedMCQA hub split is not the thesis's 1,000-item subset: "
                         "set benchmark.dir or benchmark.path to reproduce the thesis")

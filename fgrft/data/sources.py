@@ -1,9 +1,10 @@
 """Stage 1 input questions: ``load_source(spec) -> SourceLoad``.
 
-Options (``source.name``): ``sample`` (the bundled questions, source
-``MedQA_sample_train``) and ``medqa_train`` (hub ``GBaker/MedQA-USMLE-4-options``,
-split train, source ``MedQA_train``). ``path`` wins when set; ``file_key``
-picks a source inside a multi-source file.
+Options (``source.name``) are the files under ``conf/source/``: ``sample``
+(the bundled questions, source ``MedQA_sample_train``) and hub sets such as
+``medqa_train`` (``hub_id``/``split`` from its file). ``path`` wins when set;
+``file_key`` picks a source inside a multi-source file; a key the spec leaves
+unset takes the option file's value.
 
 Unlike a benchmark, a training source may repeat a question: repeats are
 dropped (first kept) and counted. Then ``limit`` keeps the first N, then ``n``
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fgrft.config.options import group_options, option_values
 from fgrft.records import Question
 
 from . import hub
@@ -25,7 +27,11 @@ from .spec import first_set, merged, optional_int
 
 SAMPLE_FILE = "source_sample.json"
 SAMPLE_SOURCE = "MedQA_sample_train"
-SOURCE_NAMES = ("sample", "medqa_train")
+
+
+def source_names() -> tuple[str, ...]:
+    """The ``source.name`` options: the files under ``conf/source/``."""
+    return group_options("source")
 
 
 @dataclass
@@ -49,6 +55,7 @@ def load_source(spec: Mapping[str, Any] | None = None, /, *, cache_dir: str | No
     ``file_key``, ``hub_id``, ``split``, ``limit``, ``seed``, ``n``)."""
     spec = merged(spec, overrides)
     name = spec.get("name")
+    option = option_values("source", name)
     limit = optional_int(spec, "limit", "source")
     n = optional_int(spec, "n", "source")
     seed = spec.get("seed")
@@ -66,14 +73,14 @@ def load_source(spec: Mapping[str, Any] | None = None, /, *, cache_dir: str | No
         source, items = pick_source(read_question_file(path, default_source=SAMPLE_SOURCE),
                                     spec.get("file_key") or SAMPLE_SOURCE, path)
         origin = where(path, source)
-    elif name == "medqa_train" or spec.get("hub_id"):
-        hub_id = first_set(spec.get("hub_id"), hub.MEDQA_HUB)
-        split = first_set(spec.get("split"), "train")
+    elif option.get("hub_id") or spec.get("hub_id"):
+        hub_id = first_set(spec.get("hub_id"), option.get("hub_id"))
+        split = first_set(spec.get("split"), option.get("split"))
         config = spec.get("hub_config")
         source, items = hub.hub_questions(hub_id, config, split, cache_dir=cache_dir)
         origin = hub.hub_origin(hub_id, config, split)
     else:
-        raise ValueError(f"unknown source {name!r}; options: {', '.join(SOURCE_NAMES)} "
+        raise ValueError(f"unknown source {name!r}; options: {', '.join(source_names())} "
                          "(or set source.path)")
 
     items, dropped = drop_duplicates(items)

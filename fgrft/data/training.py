@@ -1,9 +1,12 @@
 """Stage 2 training sets: ``load_training_records(spec) -> [TrainingRecord]``.
 
-Options (``data.name``): ``sample`` (bundled FGRFT records), ``sample_naive``
-(bundled naive-CoT records on the same questions), ``fgrft_5k`` (records.jsonl
-written by generate: set ``path``), ``naive_cot_5k`` and
-``naive_cot_5k_structured`` (hub ``HPAI-BSC/MedQA-Mixtral-CoT``).
+Options (``data.name``) are the files under ``conf/data/``: ``sample`` (bundled
+FGRFT records), ``sample_naive`` (bundled naive-CoT records on the same
+questions), ``fgrft_5k`` (records.jsonl written by generate: set ``path``),
+``naive_cot_5k`` and ``naive_cot_5k_structured`` (hub
+``HPAI-BSC/MedQA-Mixtral-CoT``). A key the spec leaves unset takes the option
+file's value (``bundled``: a fixture file; ``source``: the source name of rows
+that carry none).
 
 Two record shapes are read:
 
@@ -24,10 +27,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
-from fgrft.records import (Gold, RecordError, TrainingMeta, TrainingRecord, fold, item_id,
-                           question_with_options, split_option_lines)
+from fgrft.records import (COT_FIELDS, RecordError, TrainingRecord, gold_field, item_id, question_with_options,
+                           split_option_lines, text_field, training_record_from_row)
+from fgrft.config.options import group_options, option_values
 
 from . import hub
 from .files import DataUnavailable, Row, bundled_path, read_grouped_rows
@@ -39,30 +43,14 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("fgrft", "naive_cot")
 TARGET_FORMATS = ("thinking", "raw")
-COT_FIELDS = ("Complex_CoT", "guided_solution", "Guided_Solution")
-RESPONSE_FIELDS = ("Response", "final_response", "Final_Response")
 THINKING_TEMPLATE = "## Thinking\n\n{cot}\n\n## Final Response\n\n{response}"
 
 
-@dataclass(frozen=True)
-class DataOption:
-    format: str
-    target_format: str
-    source: str                  # source name for rows that carry none
-    bundled: str | None = None   # fixture file name
-    hub_id: str | None = None
-    split: str = "train"
 
 
-DATA_OPTIONS = {
-    "sample": DataOption("fgrft", "thinking", "MedQA_sample_train", bundled="fgrft_sample.jsonl"),
-    "sample_naive": DataOption("naive_cot", "raw", "MedQA_Mixtral_CoT_sample",
-                               bundled="naive_cot_sample.jsonl"),
-    "fgrft_5k": DataOption("fgrft", "thinking", "MedQA_train"),
-    "naive_cot_5k": DataOption("naive_cot", "raw", "MedQA_Mixtral_CoT", hub_id=hub.MIXTRAL_COT_HUB),
-    "naive_cot_5k_structured": DataOption("naive_cot", "thinking", "MedQA_Mixtral_CoT",
-                                          hub_id=hub.MIXTRAL_COT_HUB),
-}
+def data_names() -> tuple[str, ...]:
+    """The ``data.name`` options: the files under ``conf/data/``."""
+    return group_options("data")
 
 
 def load_training_records(spec: Mapping[str, Any] | None = None, /, *,
@@ -76,21 +64,22 @@ def load_training_records(spec: Mapping[str, Any] | None = None, /, *,
     """
     spec = merged(spec, overrides)
     name = spec.get("name")
-    option = DATA_OPTIONS.get(name)
-    if option is None and not spec.get("path"):
-        raise ValueError(f"unknown data option {name!r}; options: {', '.join(DATA_OPTIONS)} "
+    option = option_values("data", name)
+    if not option and not spec.get("path"):
+        raise ValueError(f"unknown data option {name!r}; options: {', '.join(data_names())} "
                          "(or set data.path)")
-    data_format = first_set(spec.get("format"), option and option.format, "fgrft")
+    data_format = first_set(spec.get("format"), option.get("format"), "fgrft")
     if data_format not in FORMATS:
         raise ValueError(f"data.format must be one of {FORMATS}, got {data_format!r}")
-    target = first_set(spec.get("target_format"), option and option.target_format, "thinking")
+    target = first_set(spec.get("target_format"), option.get("target_format"), "thinking")
     if target not in TARGET_FORMATS:
         raise ValueError(f"data.target_format must be one of {TARGET_FORMATS}, got {target!r}")
     n = optional_int(spec, "n", "data")
     if n is not None and spec.get("seed") is None:
         raise ValueError("data.n draws records with data.seed, which is not set")
-    default_source = option.source if option else (
-        "MedQA_Mixtral_CoT" if data_format == "naive_cot" else "MedQA_train")
+    # A file under a name that is no option: the source its format's records come from.
+    default_source = first_set(spec.get("source"), option.get("source"),
+                               "MedQA_Mixtral_CoT" if data_format == "naive_cot" else "MedQA_train")
 
     rows, origin = _rows(spec, option, cache_dir)
     records = _dedupe([record_from_row(row, data_format, default_source, origin, index)
@@ -100,19 +89,20 @@ def load_training_records(spec: Mapping[str, Any] | None = None, /, *,
     return records
 
 
-def _rows(spec: Mapping[str, Any], option: DataOption | None,
+def _rows(spec: Mapping[str, Any], option: Mapping[str, Any],
           cache_dir: str | None) -> tuple[list[Row], str]:
     if spec.get("path"):
         path = Path(spec["path"]).expanduser()
         return _file_rows(path), str(path)
-    if option and option.bundled:
-        path = bundled_path(option.bundled)
+    bundled = first_set(spec.get("bundled"), option.get("bundled"))
+    if bundled:
+        path = bundled_path(bundled)
         return _file_rows(path), str(path)
-    hub_id = first_set(spec.get("hub_id"), option and option.hub_id)
+    hub_id = first_set(spec.get("hub_id"), option.get("hub_id"))
     if not hub_id:
         raise DataUnavailable(f"data={spec.get('name')}: set data.path (the records.jsonl "
                               "written by generate) or data.hub_id")
-    split = first_set(spec.get("split"), option and option.split, "train")
+    split = first_set(spec.get("split"), option.get("split"), "train")
     convert = hub.mixtral_cot_row if hub_id.lower() == hub.MIXTRAL_COT_HUB.lower() else dict
     origin = hub.hub_origin(hub_id, None, split)
     rows = []
@@ -150,80 +140,15 @@ def record_from_row(row: Any, data_format: str, default_source: str, origin: str
         structured = any(k in row for k in COT_FIELDS)
         if data_format == "naive_cot" and not structured:
             return naive_record_from_row(row, default_source)
-        return fgrft_record_from_row(row, default_source)
+        return training_record_from_row(row, default_source)
     except RecordError as e:
         raise located(e, origin, index) from None
 
 
-def _text(row: Mapping, names: Sequence[str], hint: str = "") -> str:
-    for name in names:
-        if name in row and row[name] is not None:
-            value = row[name]
-            if not isinstance(value, str):
-                raise RecordError(f"expected text, got {type(value).__name__}", field=name)
-            if not value.strip():
-                raise RecordError("empty text", field=name)
-            return value
-    aliases = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
-    raise RecordError(f"missing{aliases}{hint}", field=names[0])
-
-
-def fgrft_record_from_row(row: Mapping[str, Any], default_source: str) -> TrainingRecord:
-    """An FGRFT-shaped row (records.jsonl, or the thesis's alias spellings)."""
-    naive_hint = ("; this looks like a naive-CoT record (question/response): set data.format=naive_cot"
-                  if "response" in row and not any(k in row for k in COT_FIELDS) else "")
-    question = _text(row, ("Question", "question"))
-    cot = _text(row, COT_FIELDS, naive_hint)
-    response = _text(row, RESPONSE_FIELDS)
-    stem, options = split_option_lines(question)
-    record_id = row.get("id") or item_id(stem, options)
-    if not isinstance(record_id, str):
-        raise RecordError(f"expected text, got {type(record_id).__name__}", field="id")
-    source = row.get("source") or default_source
-    if not isinstance(source, str):
-        raise RecordError(f"expected text, got {type(source).__name__}", field="source")
-    raw = row.get("raw_response")
-    if raw is not None and not isinstance(raw, str):
-        raise RecordError(f"expected text, got {type(raw).__name__}", field="raw_response")
-    return TrainingRecord(id=record_id, source=source, Question=question, Complex_CoT=cot,
-                          Response=response, gold=_gold(row.get("gold"), options),
-                          meta=_meta(row.get("meta")),
-                          schema_version=row.get("schema_version", 1), raw_response=raw)
-
-
-def _gold(value: Any, options: Mapping[str, str]) -> Gold | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise RecordError(f"expected {{letter, text}}, got {type(value).__name__}", field="gold")
-    letter, text = value.get("letter"), value.get("text")
-    if not isinstance(letter, str) or not letter.strip():
-        raise RecordError("expected a letter", field="gold.letter")
-    if not isinstance(text, str):
-        raise RecordError("expected text", field="gold.text")
-    letter = letter.strip()
-    if options and letter not in options:
-        raise RecordError(f"gold letter {letter!r} is not among the question's options "
-                          f"{''.join(options)}", field="gold.letter")
-    if options and fold(text) != fold(options[letter]):
-        raise RecordError(f"gold text {text!r} differs from option {letter} ({options[letter]!r})",
-                          field="gold.text")
-    return Gold(letter=letter, text=text)
-
-
-def _meta(value: Any) -> TrainingMeta:
-    if value is None:
-        return TrainingMeta()
-    if not isinstance(value, Mapping):
-        raise RecordError(f"expected an object, got {type(value).__name__}", field="meta")
-    known = set(TrainingMeta.__dataclass_fields__)
-    return TrainingMeta(**{k: v for k, v in value.items() if k in known})
-
-
 def naive_record_from_row(row: Mapping[str, Any], default_source: str) -> TrainingRecord:
     """A naive-CoT row (``question``/``response``, as in HPAI-BSC/MedQA-Mixtral-CoT)."""
-    question = _text(row, ("question",))
-    response = _text(row, ("response",))
+    question = text_field(row, ("question",))
+    response = text_field(row, ("response",))
     stem, options = split_question_text(question)
     cot, final = split_conclusion(response)
     source = row.get("source") or default_source
@@ -231,7 +156,7 @@ def naive_record_from_row(row: Mapping[str, Any], default_source: str) -> Traini
         id=item_id(stem, options),  # equals stem_id(stem) when no options were found
         source=source,
         Question=question_with_options(stem, options) if options else stem,
-        Complex_CoT=cot, Response=final, gold=_gold(row.get("gold"), options),
+        Complex_CoT=cot, Response=final, gold=gold_field(row.get("gold"), options),
         raw_response=response)
 
 

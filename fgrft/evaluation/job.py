@@ -16,23 +16,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from fgrft.data import load_benchmark
 from fgrft.data.benchmarks import benchmark_items
-from fgrft.evaluation.prompts import items_hash, load_template, prompt_hash, render, render_all
-from fgrft.evaluation.replay import load_replay, replay_lineage
-from fgrft.inference.requests import (
+from fgrft.prompts import items_hash, load_template, prompt_hash, render, render_all
+from fgrft.evaluation.backends.replay import check_replay_file, load_replay, replay_lineage
+from fgrft.evaluation.requests import (
     Completion,
     CompletionSink,
     GenerationRequest,
     Sampling,
-    request_key,
+    sample_key,
     request_seed,
 )
-from fgrft.records import LINEAGE_FILE, Prediction, Question, write_jsonl
+from fgrft.records import (DRY_RUN_FILE, LINEAGE_FILE, METRICS_FILE, PREDICTIONS_FILE, SCORER_AUDIT_FILE, Prediction,
+                           Question, write_jsonl)
 from fgrft.scoring import mlflow_metrics, score_predictions
 from fgrft.tracking import TrackedRun
 
 log = logging.getLogger(__name__)
 
 LINEAGE_KEYS = ("base_model", "data_hash", "train_run_id")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The user errors found without loading anything: the prompt template and a replay's file.
+    The entrypoint runs it before the MLflow run opens."""
+    load_template(cfg.prompt.template)
+    if cfg.inference.backend == "replay":
+        check_replay_file(cfg.inference.path)
 
 
 def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
@@ -64,9 +73,9 @@ def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     rows = [{**p.to_dict(), **both} for p, both in zip(scored.predictions, scored.by_scorer)]
     if cfg.scorer.name == "thesis":  # every line keeps head/tail, null for dropped empty outputs
         rows = [{**row, "head": p.head, "tail": p.tail} for row, p in zip(rows, scored.predictions)]
-    write_jsonl(run_dir / "predictions.jsonl", rows)
-    (run_dir / "metrics.json").write_text(json.dumps(scored.metrics, indent=2))
-    write_jsonl(run_dir / "scorer_audit.jsonl", scored.audit)
+    write_jsonl(run_dir / PREDICTIONS_FILE, rows)
+    (run_dir / METRICS_FILE).write_text(json.dumps(scored.metrics, indent=2))
+    write_jsonl(run_dir / SCORER_AUDIT_FILE, scored.audit)
     if checkpoint_lineage:  # kept beside the predictions, so a replay of this run keeps its arm
         (run_dir / LINEAGE_FILE).write_text(json.dumps(checkpoint_lineage, indent=2) + "\n")
     lineage = {k: checkpoint_lineage.get(k) for k in LINEAGE_KEYS} if checkpoint_lineage else {}
@@ -168,7 +177,7 @@ def _check_fingerprint(cfg: DictConfig, model_path: str | None, requests: list[G
         prompts = [endpoint, *(r.messages for r in requests)]
         weights = {"api_model": cfg.inference.model}
     else:
-        from fgrft.inference.backends import encode_requests
+        from fgrft.evaluation.backends import encode_requests
 
         encode_requests(model_path, requests)
         prompts = [r.prompt_token_ids for r in requests]
@@ -178,19 +187,19 @@ def _check_fingerprint(cfg: DictConfig, model_path: str | None, requests: list[G
 
 def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, questions: list[Question],
               prompts: list[str], run_dir: Path) -> tuple[list[Prediction], dict[str, float | None]] | None:
-    from fgrft.inference.backends import run_backend
+    from fgrft.evaluation.backends import run_backend
 
     t = cfg.temperature
-    sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_new_tokens=t.max_new_tokens)
+    sampling = Sampling(temperature=t.temperature, top_p=t.top_p, max_tokens=t.max_new_tokens)
     requests = [
-        GenerationRequest(key=request_key(q.id, s), messages=[{"role": "user", "content": text}],
+        GenerationRequest(key=sample_key(q.id, s), messages=[{"role": "user", "content": text}],
                           seed=request_seed(t.seed, q.id, s))
         for q, text in zip(questions, prompts) for s in range(t.n_samples)
     ]
     api = cfg.inference.backend == "openai"
     scope = ""
     if api:
-        from fgrft.inference.openai import evaluation_cache_scope
+        from fgrft.evaluation.backends.openai import evaluation_cache_scope
 
         scope = evaluation_cache_scope(cfg.model, cfg.inference)
     if not cfg.get("dry_run"):
@@ -202,7 +211,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
         log.info("resuming: %d of %d completions already on disk", len(requests) - len(pending), len(requests))
     ledger = None
     if api:
-        from fgrft.inference.openai import estimate_openai
+        from fgrft.evaluation.backends.openai import estimate_openai
         from fgrft.config import PRICES_FILE
         from fgrft.llm import Budget, Ledger, load_prices
 
@@ -210,7 +219,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
             estimate = estimate_openai(cfg.inference, pending, sampling, cache_dir=cfg.paths.cache,
                                        cache_scope=scope)
             print(estimate.format())
-            (run_dir / "dry_run.json").write_text(json.dumps(estimate.to_dict(), indent=2))
+            (run_dir / DRY_RUN_FILE).write_text(json.dumps(estimate.to_dict(), indent=2))
             return None
         ledger = Ledger(load_prices(PRICES_FILE), Budget.from_setting(cfg.get("budget_usd")))
     elif cfg.get("dry_run"):
@@ -236,7 +245,7 @@ def _generate(cfg: DictConfig, tracked: TrackedRun, model_path: str | None, ques
     predictions = []
     for q, text in zip(questions, prompts):
         for s in range(t.n_samples):
-            c: Completion = done[request_key(q.id, s)]
+            c: Completion = done[sample_key(q.id, s)]
             predictions.append(Prediction(id=q.id, source=q.source, sample=s, question=q.question,
                                           options=dict(q.options), answer_idx=q.answer_idx, prompt=text,
                                           output=c.text, finish_reason=c.finish_reason))

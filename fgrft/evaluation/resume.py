@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from fgrft.inference.requests import PARTIAL_FILE
+from fgrft.evaluation.requests import PARTIAL_FILE
 from fgrft.records import LINEAGE_FILE
 from fgrft.tracking import RUN_ID_FILE
 

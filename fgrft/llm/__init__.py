@@ -10,7 +10,7 @@ from fgrft.llm.accounting import (Budget, BudgetExhaustedError, Estimate, Ledger
                                   PriceTable, estimate, load_prices)
 from fgrft.llm.batch import BatchFailedError, Batcher
 from fgrft.llm.cache import SqliteResponseCache
-from fgrft.llm.config import EndpointConfig, Sampling
+from fgrft.llm.config import EndpointSettings, Sampling
 from fgrft.llm.engine import (CallResult, Endpoint, Engine, ResponseCache, TraceEvent, Usage)
 from fgrft.llm.errors import (ConfigError, EndpointError, FatalAPIError, LLMError, OutputError,
                               RetryExhaustedError, RunStoppedError, redact)
@@ -22,7 +22,7 @@ from fgrft.llm.structured import SchemaError, check_schema, validate
 __all__ = [
     "Budget", "BudgetExhaustedError", "Estimate", "Ledger", "PlannedCall", "PriceTable",
     "SqliteResponseCache", "estimate", "load_prices", "BatchFailedError", "Batcher",
-    "CallResult", "Clock", "ConfigError", "Endpoint", "EndpointConfig", "EndpointError", "Engine",
+    "CallResult", "Clock", "ConfigError", "Endpoint", "EndpointSettings", "EndpointError", "Engine",
     "FatalAPIError", "LLMError", "Lane", "OutputError", "Profile", "ResponseCache",
     "RetryExhaustedError", "RetryPolicy", "RunStoppedError", "Sampling", "SchemaError",
     "TokenBucket", "TraceEvent", "Usage", "build_request", "check_schema", "estimate_tokens",

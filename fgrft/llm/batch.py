@@ -1,7 +1,7 @@
 """Provider batches (OpenAI's Batch API): the engine's ``mode=batch`` path, in rounds.
 
     engine = Engine(cache=SqliteResponseCache.in_dir(...), ledger=...)
-    ep = engine.endpoint(EndpointConfig(..., mode="batch", batch_poll_s=60, batch_max_tries=3))
+    ep = engine.endpoint(EndpointSettings(..., mode="batch", batch_poll_s=60, batch_max_tries=3))
     engine.batcher.set_workers(n)        # how many callers take part in each round
     result = await ep.call(messages, ...)   # returns once the row's batch has finished
 

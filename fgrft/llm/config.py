@@ -25,7 +25,7 @@ def _from_mapping(cls, data: Mapping[str, Any], ignore: tuple[str, ...], what: s
 
 
 @dataclass(frozen=True)
-class EndpointConfig:
+class EndpointSettings:
     """One OpenAI-compatible endpoint as a role (generator, verifier, ...) sees it.
 
     ``kind`` picks the capability profile: ``openai`` (the hosted API; reasoning models are
@@ -96,7 +96,7 @@ class EndpointConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, name: str = "",
-                     ignore: tuple[str, ...] = ()) -> "EndpointConfig":
+                     ignore: tuple[str, ...] = ()) -> "EndpointSettings":
         """Build from a config mapping; ``ignore`` lists keys that belong to the caller
         (per-step sampling, a verifier's ``fallback``) rather than to the endpoint."""
         data = dict(data)

@@ -1,7 +1,7 @@
 """The call engine: one chat completion per call, through its lane, with retries and checks.
 
     engine = Engine(cache=..., trace=...)
-    gen = engine.endpoint(EndpointConfig(base_url=..., model=..., kind="vllm", name="generator"))
+    gen = engine.endpoint(EndpointSettings(base_url=..., model=..., kind="vllm", name="generator"))
     result = await gen.call(messages, schema=SCHEMA, sampling=Sampling(temperature=0.7, seed=1))
 
 A call runs up to ``1 + output_retries`` *attempts*. Each attempt is one distinct request (its
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol, S
 import httpx2
 import openai
 
-from fgrft.llm.config import EndpointConfig, Sampling
+from fgrft.llm.config import EndpointSettings, Sampling
 from fgrft.llm.errors import (ConfigError, FatalAPIError, OutputError, RetryExhaustedError,
                               RunStoppedError, redact)
 from fgrft.llm.batch import BatchFailedError
@@ -157,7 +157,7 @@ class ResponseCache(Protocol):
 class Endpoint:
     """A registered endpoint: its settings, profile and (shared) lane."""
 
-    cfg: EndpointConfig
+    cfg: EndpointSettings
     profile: Profile
     lane: Lane
     engine: "Engine" = field(repr=False)
@@ -168,10 +168,10 @@ class Endpoint:
 
 # Returns an ``openai.AsyncOpenAI`` or anything with the same ``post(path, *, body, cast_to,
 # options)`` (whose result has ``.text``), the same errors and ``close()``: LocalHTTPClient.
-ClientFactory = Callable[[EndpointConfig, str], "openai.AsyncOpenAI | LocalHTTPClient"]
+ClientFactory = Callable[[EndpointSettings, str], "openai.AsyncOpenAI | LocalHTTPClient"]
 
 
-def default_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI | LocalHTTPClient:
+def default_client(cfg: EndpointSettings, api_key: str) -> openai.AsyncOpenAI | LocalHTTPClient:
     # Plain-http endpoints (local servers) get the lean client: through the SDK, client CPU
     # per call, not the server, bounded a local run (transport.py). It raises the SDK's
     # exceptions, so everything below is the same for both.
@@ -180,7 +180,7 @@ def default_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI | Lo
     return sdk_client(cfg, api_key)
 
 
-def sdk_client(cfg: EndpointConfig, api_key: str) -> openai.AsyncOpenAI:
+def sdk_client(cfg: EndpointSettings, api_key: str) -> openai.AsyncOpenAI:
     """The SDK client (``Engine(client_factory=sdk_client)`` forces it for any URL)."""
     # max_retries=0: the engine is the only retry owner. The timeout is also passed per call.
     return openai.AsyncOpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=0,
@@ -211,21 +211,21 @@ class Engine:
         self._client_factory = client_factory or default_client
         self._rng = random.Random(self.retry.seed)
         self._lanes: dict[tuple[str, str], Lane] = {}
-        self._lane_owner: dict[tuple[str, str], EndpointConfig] = {}
+        self._lane_owner: dict[tuple[str, str], EndpointSettings] = {}
         self._keys: dict[tuple[str, str], str] = {}
         self._clients: dict[tuple[str, str], openai.AsyncOpenAI | LocalHTTPClient] = {}
         self._stopped: FatalAPIError | None = None
         self._batcher: "Batcher | None" = None
 
     # -- registration -------------------------------------------------------------------
-    def endpoint(self, cfg: EndpointConfig | Mapping[str, Any], *, name: str = "") -> Endpoint:
+    def endpoint(self, cfg: EndpointSettings | Mapping[str, Any], *, name: str = "") -> Endpoint:
         """Register ``cfg`` (checking its key now, before any work) and return its handle.
 
         Endpoints naming the same (base_url, model) share a lane whose concurrency is the
         largest of their settings and whose RPM/TPM are the smallest.
         """
-        if not isinstance(cfg, EndpointConfig):
-            cfg = EndpointConfig.from_mapping(cfg, name=name)
+        if not isinstance(cfg, EndpointSettings):
+            cfg = EndpointSettings.from_mapping(cfg, name=name)
         key = cfg.lane_key
         api_key = self._resolve_key(cfg)
         if self.ledger is not None:
@@ -252,7 +252,7 @@ class Engine:
         return Endpoint(cfg=cfg, profile=profile_for(cfg), lane=lane, engine=self)
 
     @staticmethod
-    def _resolve_key(cfg: EndpointConfig) -> str:
+    def _resolve_key(cfg: EndpointSettings) -> str:
         value = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if value:
             return value
@@ -300,7 +300,7 @@ class Engine:
         if self._stopped is not None:
             raise RunStoppedError(f"run stopped after a fatal error: {self._stopped}")
 
-    async def call(self, endpoint: Endpoint | EndpointConfig, messages: Sequence[dict], *,
+    async def call(self, endpoint: Endpoint | EndpointSettings, messages: Sequence[dict], *,
                    schema: dict | None = None, schema_name: str = "response",
                    sampling: Sampling | Mapping[str, Any] | None = None,
                    id: str | None = None, step: str | None = None,
@@ -454,7 +454,7 @@ class Engine:
             self.trace(event)
 
 
-def _is_local(cfg: EndpointConfig) -> bool:
+def _is_local(cfg: EndpointSettings) -> bool:
     """Self-hosted (vLLM) endpoints have no per-token bill unless the price table says so."""
     return cfg.kind == "vllm"
 

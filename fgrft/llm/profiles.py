@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from fgrft.llm.config import EndpointConfig, Sampling
+from fgrft.llm.config import EndpointSettings, Sampling
 from fgrft.llm.errors import ConfigError
 from fgrft.llm.structured import response_format
 
@@ -46,7 +46,7 @@ def is_reasoning_model(model: str) -> bool:
     return bool(_REASONING_MODEL.match(model))
 
 
-def profile_for(cfg: EndpointConfig) -> Profile:
+def profile_for(cfg: EndpointSettings) -> Profile:
     if cfg.reasoning is not None:
         reasoning = cfg.reasoning
     else:

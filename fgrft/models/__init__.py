@@ -1,7 +1,9 @@
-"""Models: resolution of the ``model`` group, the embedded models, chat templates, vLLM settings.
+"""Models: resolution of the ``model`` group, the embedded models, chat templates, vLLM settings,
+and the embedded vLLM CPU server (``server.py``).
 
 Importing this package is cheap: torch, transformers and vLLM load only when a
-model is built or an engine started.
+model is built or an engine started. Imports nothing else from fgrft (never the stages,
+tracking, the app, the call engine or the loaders).
 """
 from .chat_templates import (
     has_generation_markers,
@@ -17,7 +19,7 @@ from .embedded import (
     is_built,
     smollm2_gguf_path,
 )
-from .engine import start_vllm_engine, stop_vllm_engine, vllm_engine_kwargs
+from .vllm_settings import vllm_engine_kwargs
 from .resolve import ModelSpecError, ResolvedModel, check_model_spec, resolve_model
 
 __all__ = [
@@ -33,8 +35,6 @@ __all__ = [
     "is_built",
     "resolve_model",
     "smollm2_gguf_path",
-    "start_vllm_engine",
-    "stop_vllm_engine",
     "training_chat_template",
     "vllm_engine_kwargs",
     "write_training_chat_template",

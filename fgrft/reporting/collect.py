@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from fgrft.records import Prediction, read_jsonl
-from fgrft.reporting.records import EvalRun, eval_run_from_logged, other_scorer_view
+from fgrft.records import METRICS_FILE, PREDICTIONS_FILE, Prediction, read_jsonl
+from fgrft.reporting.eval_runs import EvalRun, eval_run_from_logged, other_scorer_view
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.jsonl"
 _PAGE = 1000
 
 

@@ -23,7 +23,7 @@ from itertools import combinations, product
 from typing import Iterable
 
 from fgrft.reporting.claims import AVG, BENCHMARK_COLUMNS, Claim, ClaimCheck, Setting, check, column_of
-from fgrft.reporting.records import BASE_ARM, EvalRun, arm_name, fmt_t
+from fgrft.reporting.eval_runs import BASE_ARM, EvalRun, arm_name, fmt_t
 from fgrft.scoring.stats import DEFAULT_RESAMPLES, mcnemar_exact, mean_sd, paired_bootstrap
 
 # Which side of a data-arm comparison is "A" (A - B is reported): the method first, the base model last.

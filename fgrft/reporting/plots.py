@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fgrft.reporting.assemble import Report  # noqa: E402
 from fgrft.reporting.paired import PairedResult  # noqa: E402
-from fgrft.reporting.records import fmt_t  # noqa: E402
+from fgrft.reporting.eval_runs import fmt_t  # noqa: E402
 from fgrft.reporting.tables import COLUMNS, Row, TableKey  # noqa: E402
 
 DPI = 130

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from fgrft.reporting.assemble import Report
 from fgrft.reporting.claims import ClaimCheck
 from fgrft.reporting.paired import PairedResult
-from fgrft.reporting.records import ARM_LEGEND, RECIPES, SourceScore, fmt_t
+from fgrft.reporting.eval_runs import ARM_LEGEND, RECIPES, SourceScore, fmt_t
 from fgrft.reporting.tables import COLUMNS, NO_ANSWER, OTHER, Cell, Row, TableKey
 from fgrft.scoring.stats import wilson_interval
 

@@ -23,7 +23,7 @@ from fgrft.reporting.claims import (
     column_of,
     unchecked,
 )
-from fgrft.reporting.records import EvalRun, SourceScore, fmt_t
+from fgrft.reporting.eval_runs import EvalRun, SourceScore, fmt_t
 from fgrft.scoring.stats import mean_sd, wilson_interval
 from fgrft.scoring.thesis import source_name
 

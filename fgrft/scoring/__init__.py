@@ -9,7 +9,8 @@ Two scorers share one interface, ``extract(output, options) -> Extraction``:
 
 :func:`score_predictions` scores a run and builds ``metrics.json`` and the
 ``scorer_audit.jsonl`` rows; :mod:`fgrft.scoring.stats` holds the intervals
-and paired tests.
+and paired tests. Imports only :mod:`fgrft.records` from the rest of fgrft: never the stages,
+tracking, the app, the loaders, the call engine or the models package.
 """
 from __future__ import annotations
 

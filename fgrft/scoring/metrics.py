@@ -26,7 +26,7 @@ Definitions (CONTRACTS.md fixes the names; these are the meanings):
   readings, chosen after comparing both with the gold answers, so its
   ``ci_low``/``ci_high`` (computed as if the reading had been fixed in
   advance) are optimistic; paired tests under that scorer compare the tail
-  reading of both runs (see :mod:`fgrft.reporting.records`).
+  reading of both runs (see :mod:`fgrft.reporting.eval_runs`).
 """
 from __future__ import annotations
 

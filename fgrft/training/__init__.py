@@ -15,5 +15,7 @@
   job, the others follow it through markers in the shared run directory.
 
 Importing this package is cheap; torch, transformers and TRL load in the
-modules that need them.
+modules that need them. Never imports the other stages (generation, evaluation, reporting) or
+the app: prompts come from :mod:`fgrft.prompts`, and ``evaluate_after`` runs the evaluation job
+that ``python -m fgrft.train`` passes in.
 """

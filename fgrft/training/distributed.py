@@ -15,12 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fgrft.models.vllm_settings import cuda_available
 from fgrft.secrets import redact_obj
 from fgrft.tracking import TrackedRun
 
 from .launch import rank_env, run_launch, write_launch_files
 from .slurm import NodePlan, announce_launch, await_followers
-from .trainer import cuda_available, use_bf16
+from .trainer import use_bf16
 
 SPEC_FILE = "launch_spec.json"
 

@@ -3,32 +3,40 @@
 The train config already carries the evaluation groups (benchmark,
 temperature, inference, scorer, prompt); they are composed into an evaluate
 config with ``model.path`` set to the checkpoint and run through the same
-job function ``python -m fgrft.evaluate`` uses, in ``<run>/evaluation``.
+job function ``python -m fgrft.evaluate`` uses, in ``<run>/evaluation``. That
+function is handed in by the entrypoint (``fgrft.train``): training never
+imports the evaluation package.
 Re-running reattaches to the same child run, and evaluation resumes from the
 completions it already has.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+
+from fgrft.records import METRICS_FILE, PREDICTIONS_FILE, SCORER_AUDIT_FILE
 
 EVAL_DIR = "evaluation"
 _KEYS = ("paths", "scale", "experiment_name", "model", "benchmark", "temperature", "inference", "scorer", "prompt")
 _INHERITED_TAGS = ("sweep_id", "git_commit", "git_dirty", "overrides", "host")
+# The evaluation job: (evaluate config, tracked run) -> metrics, as fgrft.evaluation.job.run_evaluation.
+EvaluationJob = Callable[[DictConfig, Any], dict[str, Any]]
 
 
-def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path, evaluate: EvaluationJob) -> dict[str, Any]:
     import mlflow
 
-    from fgrft.config import validate
-    from fgrft.evaluation.job import run_evaluation
+    from fgrft.config import CONF_DIR, validate
     from fgrft.run_names import run_name
     from fgrft.tracking import NOTE_TAG, RUN_ID_FILE, JobInfo, TrackedRun, config_params
 
-    container = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-                 for k in _KEYS}
+    # The evaluate entrypoint's own keys (resume, dry_run, ...) as conf/evaluate.yaml sets them.
+    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "evaluate.yaml"))
+    container = {k: v for k, v in own.items() if k not in ("defaults", "hydra")}
+    container.update({k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                      for k in _KEYS})
     container["model"]["path"] = str(checkpoint)
     eval_cfg = validate(OmegaConf.create(container), "evaluate")
     eval_dir = run_dir / EVAL_DIR
@@ -50,8 +58,8 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dic
         tracked = TrackedRun(run_id=child.info.run_id,
                              job=JobInfo(stage="evaluate", run_dir=eval_dir, sweep_dir=None))
         tracked.log_params(config_params(eval_cfg))
-        metrics = run_evaluation(eval_cfg, tracked)
-        for name in ("predictions.jsonl", "metrics.json", "scorer_audit.jsonl"):
+        metrics = evaluate(eval_cfg, tracked)
+        for name in (PREDICTIONS_FILE, METRICS_FILE, SCORER_AUDIT_FILE):
             if (eval_dir / name).is_file():
                 tracked.log_artifact(eval_dir / name)
     return metrics["overall"]

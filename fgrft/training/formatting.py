@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from fgrft.data import assistant_target
-from fgrft.evaluation.prompts import render
+from fgrft.prompts import render
 from fgrft.records import Question, RecordError, TrainingRecord, split_option_lines
 
 IGNORE_INDEX = -100

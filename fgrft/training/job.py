@@ -25,11 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from fgrft.config import ConfigError
 from fgrft.data import (OverlapSettings, check_contamination, load_training_records, overlapping_train_ids,
                         select_records)
-from fgrft.evaluation.prompts import load_template
-from fgrft.records import TrainingRecord
+from fgrft.prompts import load_template
+from fgrft.records import SUMMARY_FILE, TrainingRecord
 from fgrft.tracking import TrackedRun
 
 from .batching import effective_batching
+from .evaluate_after import EvaluationJob
 from .launch import is_distributed, world_size
 from .formatting import TokenizedSet, tokenize_records
 from .slurm import start_main_node
@@ -38,7 +39,6 @@ from .lineage import (CHECKPOINTS_DIR, FINAL_DIR, claim_checkpoints, latest_chec
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass
@@ -55,7 +55,9 @@ class Prepared:
     ids_matched: dict[str, Any] | None = None  # arms restricted to the FGRFT question ids
 
 
-def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
+def train_job(cfg: DictConfig, tracked: TrackedRun, evaluate: EvaluationJob | None = None) -> dict[str, Any]:
+    """Train (or finish a resumed run) and, with ``evaluate_after=true``, evaluate the checkpoint
+    through ``evaluate``: the evaluation job, passed in by the entrypoint (training never imports it)."""
     started = time.perf_counter()
     run_dir = tracked.job.run_dir
     nodes = start_main_node(cfg, run_dir)  # None on one machine; SLURM variables are checked before any work
@@ -99,25 +101,26 @@ def train_job(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:
     if cfg.evaluate_after:
         from .evaluate_after import evaluate_checkpoint
 
-        summary["evaluation"] = evaluate_checkpoint(cfg, run_dir / FINAL_DIR, run_dir)
+        if evaluate is None:
+            raise ValueError("evaluate_after=true needs the evaluation job: run it through python -m fgrft.train")
+        summary["evaluation"] = evaluate_checkpoint(cfg, run_dir / FINAL_DIR, run_dir, evaluate)
     # Written last: its presence (with checkpoint/) marks the job as done for a re-run.
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _log_training_data(cfg: DictConfig, prepared: Prepared) -> None:
-    from fgrft.data import DATA_OPTIONS, bundled_path
+    from fgrft.data import bundled_path
     from fgrft.mlflow_lineage import TRAINING, log_dataset
 
     spec = cfg.data
-    option = DATA_OPTIONS.get(spec.name)
     records_file = _recipe_records(cfg).get(cfg.get("recipe")) or cfg.get("fgrft_records")
     path = spec.get("path") or (records_file if spec.get("format") == "fgrft" else None)
-    hub_id = spec.get("hub_id") or (option.hub_id if option else None)
+    hub_id = spec.get("hub_id")
     if path:
         origin, hub = str(path), False
-    elif option is not None and option.bundled:
-        origin, hub = str(bundled_path(option.bundled)), False
+    elif spec.get("bundled"):
+        origin, hub = str(bundled_path(spec.bundled)), False
     else:
         origin, hub = hub_id, bool(hub_id)
     log_dataset(spec.name, origin, prepared.data_hash, [e.record_id for e in prepared.tokenized.examples],

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import yaml
 
 from fgrft.config import ConfigError
+from fgrft.records import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def mark_main_done(run_dir: Path, job_id: str | None = None) -> None:
 def follow_main_node(run_dir: Path, trainer: Mapping[str, Any], wait_s: float) -> None:
     """Run a follower node's part of the job: wait for node 0, then start this node's ranks."""
     from .launch import ACCELERATE_CONFIG, accelerate_config, launch_command, rank_env, start_ranks
-    from .trainer import cuda_available
+    from fgrft.models.vllm_settings import cuda_available
 
     plan = node_plan(trainer)
     if plan.is_main:
@@ -205,7 +206,7 @@ def follow_main_node(run_dir: Path, trainer: Mapping[str, Any], wait_s: float) -
     started = _wait_for(run_dir, (LAUNCH_MARKER, DONE_MARKER), plan.job_id, wait_s, what=(
         f"node {k}: node 0 wrote no {LAUNCH_MARKER} within node_wait_s={wait_s:.0f} s (see node 0's log in {run_dir})"))
     if started["marker"] == DONE_MARKER:
-        if (run_dir / "summary.json").is_file():
+        if (run_dir / SUMMARY_FILE).is_file():
             log.info("node %d: node 0 found the run already finished; nothing to launch", k)
             return
         raise RuntimeError(f"node {k}: node 0's job ended before launching the ranks (see its log in {run_dir})")

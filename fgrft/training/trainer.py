@@ -33,6 +33,8 @@ from typing import Any, Mapping
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from fgrft.models.vllm_settings import cuda_available
+
 from .batching import BatchStats, sft_batching_args
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,6 @@ class Fidelity:
 
 
 CONVENTIONAL = Fidelity(decay_exclude=None, warmup_rounding="ceil", loss_normalization="token_mean")
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def use_bf16(precision: str) -> bool:

@@ -31,7 +31,7 @@ def main(run_dir: Path) -> None:
 
     from .distributed import SPEC_FILE
     from .job import fit, prepare
-    from .trainer import cuda_available
+    from fgrft.models.vllm_settings import cuda_available
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
