@@ -130,7 +130,7 @@ def test_a_real_source_without_every_benchmark_file_is_a_config_error_naming_it(
     from fgrft.config import CONF_DIR, register_resolvers, validate
     from fgrft.errors import ConfigError as UserError
     from fgrft.generation.job import contamination_benchmarks
-    from tests.test_pipeline_job import thesis_benchmark_dir
+    from tests.test_generation_job import thesis_benchmark_dir
 
     monkeypatch.delenv("FGRFT_BENCHMARK_DIR", raising=False)
 
