@@ -6,6 +6,8 @@ engine (endpoint settings, sampling, a schema). It is raised before any money or
 spent, and catching it catches both.
 
 :class:`RecordError` is a malformed input file (a record or field that cannot be read).
+:class:`DataUnavailable` is a data set that cannot be reached from here (no file, no directory
+configured, the hub offline).
 :data:`USER_ERRORS` are the errors a user fixes on the command line or in a file: the app
 prints them as one line, without a traceback, and a run that just started for them is removed.
 """
@@ -36,5 +38,12 @@ class RecordError(ValueError):
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
 
 
+class DataUnavailable(RuntimeError):
+    """A data set that cannot be reached from here: no such file, no directory
+    configured, or the hub is offline. Distinct from :class:`RecordError`
+    (data that was read but is malformed) so that callers such as the
+    contamination check can report "not checked" instead of failing."""
+
+
 # A missing file (a replay file, a prompt template, a benchmark file) names its path.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordError, DataUnavailable, FileNotFoundError)

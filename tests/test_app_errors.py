@@ -29,6 +29,16 @@ def test_evaluate_refuses_a_missing_replay_file_in_one_line_before_a_run_opens(t
     assert not (tmp_path / "mlflow.db").exists()  # the check ran before the store was opened
 
 
+def test_evaluate_refuses_a_missing_model_path_in_one_line_before_a_run_opens(tmp_path):
+    missing = tmp_path / "no_model"
+    r = subprocess.run([sys.executable, "-m", "fgrft.evaluate", f"model.path={missing}"],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"fgrft.evaluate: ModelSpecError: model.path '{missing}' does not exist (resolved to {missing})"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_a_user_error_inside_the_job_is_one_line_and_its_new_run_is_deleted(tmp_path):
     r = run_app(tmp_path, "temperature=t0.7", env={"FGRFT_TEST_USER_ERROR_ON": "t0.7", "HYDRA_FULL_ERROR": "0"})
     assert r.returncode == 1, r.stderr

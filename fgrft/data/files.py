@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fgrft.errors import DataUnavailable
 from fgrft.records import RecordError, read_jsonl
 
 # Shipped inside the package, so it is found from any working directory.
@@ -18,13 +19,6 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 # (index in its list or line in its file, the row as parsed)
 Row = tuple[int, Any]
-
-
-class DataUnavailable(RuntimeError):
-    """A data set that cannot be reached from here: no such file, no directory
-    configured, or the hub is offline. Distinct from :class:`RecordError`
-    (data that was read but is malformed) so that callers such as the
-    contamination check can report "not checked" instead of failing."""
 
 
 def bundled_path(name: str) -> Path:

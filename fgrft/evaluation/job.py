@@ -37,11 +37,15 @@ LINEAGE_KEYS = ("base_model", "data_hash", "train_run_id")
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """The user errors found without loading anything: the prompt template and a replay's file.
-    The entrypoint runs it before the MLflow run opens."""
+    """The user errors found without loading anything: the prompt template, a replay's file and
+    a local backend's model entry. The entrypoint runs it before the MLflow run opens."""
     load_template(cfg.prompt.template)
     if cfg.inference.backend == "replay":
         check_replay_file(cfg.inference.path)
+    elif cfg.inference.backend != "openai":  # an API model is only a label
+        from fgrft.models.resolve import check_model_spec
+
+        check_model_spec(OmegaConf.to_container(cfg.model, resolve=True), cfg.scale)
 
 
 def run_evaluation(cfg: DictConfig, tracked: TrackedRun) -> dict[str, Any]:

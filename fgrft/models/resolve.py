@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fgrft.errors import ConfigError
+
 from .embedded import EMBEDDED_MODELS, embedded_model_dir, ensure_built
 
 SCALES = ("full", "toy")
 TOY_MODEL = "smol"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(ConfigError):
     """A ``model`` config entry that cannot be resolved; the message names the key."""
 
 

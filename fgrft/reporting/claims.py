@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from fgrft.errors import RecordError
+
 KINDS = ("accuracy", "difference", "benchmark")
 # The thesis columns, in its order; "avg" is item-weighted over the three.
 BENCHMARK_COLUMNS = ("MedQA", "PubMedQA", "MedMCQA")
@@ -30,7 +32,7 @@ REQUIRED_BY_KIND = {
 CLAIMS_FILE = Path("experiments") / "claims.yaml"
 
 
-class ClaimsError(ValueError):
+class ClaimsError(RecordError):
     """A malformed claims file; the message names the claim."""
 
 
