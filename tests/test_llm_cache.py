@@ -97,6 +97,35 @@ def test_concurrent_puts_are_group_committed_and_a_cancelled_one_harms_nothing(c
     assert cache.commits < 200, "puts queued together must share a transaction"
 
 
+def test_write_returns_at_the_commit_and_its_sync_follows_for_many_at_once(cache, monkeypatch):
+    synced_paths = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced_paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def go():
+        syncs = await asyncio.gather(*(cache.write(f"k{i}", RESPONSE) for i in range(100)))
+        # Committed: another connection (another process) reads every row already.
+        with sqlite3.connect(cache.path) as other:
+            assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 100
+        await asyncio.gather(*syncs)
+
+    asyncio.run(go())
+    assert synced_paths and all(p == f"{cache.path}-wal" for p in synced_paths)
+    assert 1 <= cache.syncs == len(synced_paths) < 100, "commits waiting together share one fsync"
+
+
+def test_a_non_durable_cache_never_fsyncs(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("durable=False must not fsync"))
+    with SqliteResponseCache.in_dir(tmp_path, durable=False) as cache:
+        asyncio.run(cache.put("k", RESPONSE))
+        assert cache.get("k") == RESPONSE and cache.syncs == 0
+
+
 # ----------------------------------------------------------------------------- through the engine
 
 

@@ -15,30 +15,38 @@ A malformed body is never stored (it says nothing about the model), but an off-s
 answer is: a resumed run replays the same attempts, reaches the same verdicts and pays nothing
 twice. Usage and latency are also kept as columns, for inspection with plain SQL.
 
-Crash safety. :meth:`put` returns only after the row is committed (``synchronous=FULL`` by
-default, so it survives power loss, not only ``kill -9``), and the engine awaits it before a
-call counts as done. A process killed at any moment therefore loses only calls that were in
-flight. SQLite's journal makes every commit atomic, so a kill during a commit leaves the old
-state, never a torn row.
+Crash safety, in two steps. A row is *committed* once its transaction is in the WAL file
+(the operating system has it: a process killed with ``kill -9`` keeps it), and *synced* once
+the WAL file is also fsync'd (a power cut keeps it). :meth:`put` returns only after both
+(``durable=False``: committed only), and the engine awaits it before a call counts as done.
+:meth:`write` returns at the commit with an awaitable for the sync, so the engine can hand
+its lane slot on before the fsync (milliseconds, more on a busy disk) and wait for it after:
+a process killed at any moment still loses only calls that were in flight. SQLite's journal
+makes every commit atomic, so a kill during a commit leaves the old state, never a torn row.
 
 Concurrency. Reads are single-row primary-key lookups (tens of microseconds), done inline on
 the caller's thread through one read connection behind a lock. Writes go to one writer thread
-that commits whatever has queued up in one transaction (group commit: one fsync for many
-calls finishing together) and then wakes each waiting coroutine. The database is in WAL mode
-with a busy timeout, so several processes may share one cache file: readers never block, and
-writers queue for the write lock instead of failing.
+that commits whatever has queued up in one transaction (group commit), and a syncer thread
+fsyncs the WAL once for every commit made while it was busy (group sync: one fsync for many
+calls finishing together); each waiting coroutine is woken at its step. The database is in
+WAL mode with a busy timeout, so several processes may share one cache file: readers never
+block, and writers queue for the write lock instead of failing. (With ``synchronous=NORMAL``
+SQLite itself syncs the WAL before each checkpoint and the database after it, so a row that
+left the WAL for the database file is synced too.)
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Awaitable
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +99,8 @@ def default_path(cache_dir: str | Path) -> Path:
 
 
 class SqliteResponseCache:
-    """See the module docstring. ``durable=False`` commits with ``synchronous=NORMAL``: still
-    safe against a killed process, not against a power cut, and without an fsync per batch."""
+    """See the module docstring. ``durable=False`` skips the sync: still safe against a
+    killed process, not against a power cut, and without an fsync per batch."""
 
     def __init__(self, path: str | Path, *, durable: bool = True, busy_timeout_s: float = 60.0):
         self.path = Path(path)
@@ -106,6 +114,11 @@ class SqliteResponseCache:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        # Commits waiting for the WAL's fsync: their sync futures (see _sync_loop).
+        self._unsynced: list[Future] = []
+        self._sync_wanted = threading.Condition()
+        self._syncer: threading.Thread | None = None
+        self.syncs = 0
         self._closed = False
 
     @classmethod
@@ -114,15 +127,16 @@ class SqliteResponseCache:
         return cls(default_path(cache_dir), **kwargs)
 
     # -- connections --------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, synchronous: str | None = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so the
         # module never opens one behind our back. check_same_thread=False: the reader is used
         # from whichever thread runs the event loop, always under _read_lock.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
+        synchronous = synchronous or ("FULL" if self.durable else "NORMAL")
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -159,15 +173,24 @@ class SqliteResponseCache:
         return json.loads(row[0])
 
     async def put(self, key: str, response: dict) -> None:
-        """Store one well-formed response; returns once it is committed to disk."""
-        future = self._submit(key, response)
-        await asyncio.wrap_future(future)
+        """Store one well-formed response; returns once it is committed and synced to disk."""
+        await (await self.write(key, response))
+
+    async def write(self, key: str, response: dict) -> Awaitable[None]:
+        """Store one well-formed response; returns once it is committed (a killed process
+        keeps it) with an awaitable that completes once it is also synced (a power cut keeps
+        it; at once with ``durable=False``)."""
+        committed, synced = self._submit(key, response)
+        await asyncio.wrap_future(committed)
+        return asyncio.wrap_future(synced)
 
     def put_blocking(self, key: str, response: dict) -> None:
         """:meth:`put` for code outside an event loop."""
-        self._submit(key, response).result()
+        committed, synced = self._submit(key, response)
+        committed.result()
+        synced.result()
 
-    def _submit(self, key: str, response: dict) -> Future:
+    def _submit(self, key: str, response: dict) -> tuple[Future, Future]:
         if not response.get("well_formed"):
             # The engine never does this; a caller that did would cache a transport accident.
             raise ValueError("only well-formed responses are cached")
@@ -178,22 +201,28 @@ class SqliteResponseCache:
                response.get("model"), int(usage.get("prompt", 0)), int(usage.get("cached", 0)),
                int(usage.get("completion", 0)), int(usage.get("reasoning", 0)),
                response.get("latency_s"), time.time())
-        future: Future = Future()
+        committed: Future = Future()
+        synced: Future = Future()
         self._ensure_writer()
-        self._queue.put((row, future))
-        return future
+        self._queue.put((row, (committed, synced)))
+        return committed, synced
 
     # -- the writer thread --------------------------------------------------------------
     def _ensure_writer(self) -> None:
         if self._writer is None:
             with self._writer_lock:
                 if self._writer is None:
+                    if self.durable:
+                        self._syncer = threading.Thread(target=self._sync_loop, daemon=True,
+                                                        name=f"fgrft-cache-syncer:{self.path.name}")
+                        self._syncer.start()
                     self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                                     name=f"fgrft-cache-writer:{self.path.name}")
                     self._writer.start()
 
     def _write_loop(self) -> None:
-        conn = self._connect()
+        # NORMAL: a commit writes the WAL without an fsync; the syncer thread does that.
+        conn = self._connect("NORMAL")
         try:
             while True:
                 item = self._queue.get()
@@ -215,6 +244,7 @@ class SqliteResponseCache:
                     return
         finally:
             conn.close()
+            self._stop_syncer()
 
     def _commit(self, conn: sqlite3.Connection, batch: list) -> None:
         try:
@@ -229,13 +259,62 @@ class SqliteResponseCache:
                 raise
         except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
             log.error("response cache %s: commit of %d rows failed: %s", self.path, len(batch), exc)
-            for _, future in batch:
-                _resolve(future, CacheError(f"{self.path}: commit failed: {exc}"))
+            for _, futures in batch:
+                for future in futures:
+                    _resolve(future, CacheError(f"{self.path}: commit failed: {exc}"))
             return
         self.writes += len(batch)
         self.commits += 1
-        for _, future in batch:
-            _resolve(future)
+        for _, (committed, synced) in batch:
+            _resolve(committed)
+            if self._syncer is None:
+                _resolve(synced)
+        if self._syncer is not None:
+            with self._sync_wanted:
+                self._unsynced.extend(synced for _, (_, synced) in batch)
+                self._sync_wanted.notify()
+
+    # -- the syncer thread --------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        wal = Path(f"{self.path}-wal")
+        while True:
+            with self._sync_wanted:
+                while not self._unsynced and self._syncer is not None:
+                    self._sync_wanted.wait()
+                waiting, self._unsynced = self._unsynced, []
+                stopping = self._syncer is None
+            if waiting:
+                error = self._sync(wal)
+                self.syncs += 1
+                for future in waiting:
+                    _resolve(future, error)
+            if stopping:
+                return
+
+    def _sync(self, wal: Path) -> BaseException | None:
+        """fsync the WAL file: every commit made before this call is then on disk."""
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # checkpointed into the database and removed: SQLite synced it
+        except OSError as exc:
+            return CacheError(f"{wal}: cannot open for fsync: {exc}")
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("response cache %s: fsync failed: %s", wal, exc)
+            return CacheError(f"{wal}: fsync failed: {exc}")
+        finally:
+            os.close(fd)
+        return None
+
+    def _stop_syncer(self) -> None:
+        syncer = self._syncer
+        if syncer is not None:
+            with self._sync_wanted:
+                self._syncer = None
+                self._sync_wanted.notify()
+            syncer.join()
 
     # -- provider batch intents ---------------------------------------------------------
     # Written through the read connection (WAL lets it write too) and committed before the
