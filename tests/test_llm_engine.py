@@ -401,43 +401,6 @@ def test_cache_is_consulted_before_every_network_attempt(fault_server, api_key, 
     assert fault_server.total == 2
 
 
-class SlowSyncCache(DictCache):
-    """Commits at once; its sync to disk completes only when the test says so."""
-
-    def __init__(self):
-        super().__init__()
-        self.synced = asyncio.Event()
-
-    async def write(self, key, response):
-        DictCache.put(self, key, response)
-        return self.synced.wait()
-
-
-def test_the_lane_slot_is_free_while_the_answer_is_synced_and_the_call_waits_for_it(fault_server,
-                                                                                    api_key):
-    async def go():
-        cache = SlowSyncCache()
-        async with Engine(retry=FAST, cache=cache) as engine:
-            ep = engine.endpoint(endpoint_cfg(fault_server, api_key, concurrency=1))
-            first = asyncio.ensure_future(ep.call(MSG, schema=SCHEMA))
-            while cache.puts == 0:
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.05)
-            # Committed and waiting for the sync: not done, and not holding the only slot.
-            assert not first.done() and ep.lane.limiter.in_flight == 0
-            second = asyncio.ensure_future(ep.call([{"role": "user", "content": "next"}],
-                                                   schema=SCHEMA))
-            async with asyncio.timeout(5):
-                while cache.puts < 2:  # the second call went through the slot meanwhile
-                    await asyncio.sleep(0.005)
-            assert not first.done() and not second.done()
-            cache.synced.set()
-            return await asyncio.gather(first, second)
-
-    assert [r.outcome for r in asyncio.run(go())] == ["ok", "ok"]
-    assert fault_server.total == 2
-
-
 def test_cache_replays_failed_attempts_so_a_resume_pays_nothing_twice(fault_server, api_key):
     cache = DictCache()
     fault_server.push(truncated({"echo": "x" * 40}))

@@ -15,13 +15,15 @@ A malformed body is never stored (it says nothing about the model), but an off-s
 answer is: a resumed run replays the same attempts, reaches the same verdicts and pays nothing
 twice. Usage and latency are also kept as columns, for inspection with plain SQL.
 
-Crash safety, in two steps. A row is *committed* once its transaction is in the WAL file
-(the operating system has it: a process killed with ``kill -9`` keeps it), and *synced* once
-the WAL file is also fsync'd (a power cut keeps it). :meth:`put` returns only after both
-(``durable=False``: committed only), and the engine awaits it before a call counts as done.
-:meth:`write` returns at the commit with an awaitable for the sync, so the engine can hand
-its lane slot on before the fsync (milliseconds, more on a busy disk) and wait for it after:
-a process killed at any moment still loses only calls that were in flight. SQLite's journal
+Crash safety, in two steps. A row is *committed* once its transaction is in the WAL file:
+the operating system holds it, so a process killed with ``kill -9`` keeps it. :meth:`put`
+returns then, and the engine awaits it (inside the call's lane slot) before a call counts as
+done, so a process killed at any moment loses only calls that were in flight. The row is
+*synced* (a power cut keeps it too) when a syncer thread fsyncs the WAL file right after the
+commit; :meth:`close` returns only once every row is synced (``durable=False``: no fsync at
+all). Waiting for the fsync in :meth:`put` would hold the lane slot, that is the provider's
+concurrency, for the disk's fsync time (milliseconds per call, far more on a busy disk); a
+power cut can now also lose the answers committed in the last fsync's time. SQLite's journal
 makes every commit atomic, so a kill during a commit leaves the old state, never a torn row.
 
 Concurrency. Reads are single-row primary-key lookups (tens of microseconds), done inline on
@@ -46,7 +48,6 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Awaitable
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,9 @@ class SqliteResponseCache:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
-        # Commits waiting for the WAL's fsync: their sync futures (see _sync_loop).
-        self._unsynced: list[Future] = []
+        # Commits made since the syncer last started an fsync of the WAL (see _sync_loop).
+        self._unsynced = 0
+        self.sync_error: CacheError | None = None
         self._sync_wanted = threading.Condition()
         self._syncer: threading.Thread | None = None
         self.syncs = 0
@@ -173,24 +175,15 @@ class SqliteResponseCache:
         return json.loads(row[0])
 
     async def put(self, key: str, response: dict) -> None:
-        """Store one well-formed response; returns once it is committed and synced to disk."""
-        await (await self.write(key, response))
-
-    async def write(self, key: str, response: dict) -> Awaitable[None]:
         """Store one well-formed response; returns once it is committed (a killed process
-        keeps it) with an awaitable that completes once it is also synced (a power cut keeps
-        it; at once with ``durable=False``)."""
-        committed, synced = self._submit(key, response)
-        await asyncio.wrap_future(committed)
-        return asyncio.wrap_future(synced)
+        keeps it); the fsync follows (see the module docstring)."""
+        await asyncio.wrap_future(self._submit(key, response))
 
     def put_blocking(self, key: str, response: dict) -> None:
         """:meth:`put` for code outside an event loop."""
-        committed, synced = self._submit(key, response)
-        committed.result()
-        synced.result()
+        self._submit(key, response).result()
 
-    def _submit(self, key: str, response: dict) -> tuple[Future, Future]:
+    def _submit(self, key: str, response: dict) -> Future:
         if not response.get("well_formed"):
             # The engine never does this; a caller that did would cache a transport accident.
             raise ValueError("only well-formed responses are cached")
@@ -201,11 +194,10 @@ class SqliteResponseCache:
                response.get("model"), int(usage.get("prompt", 0)), int(usage.get("cached", 0)),
                int(usage.get("completion", 0)), int(usage.get("reasoning", 0)),
                response.get("latency_s"), time.time())
-        committed: Future = Future()
-        synced: Future = Future()
+        future: Future = Future()
         self._ensure_writer()
-        self._queue.put((row, (committed, synced)))
-        return committed, synced
+        self._queue.put((row, future))
+        return future
 
     # -- the writer thread --------------------------------------------------------------
     def _ensure_writer(self) -> None:
@@ -259,35 +251,33 @@ class SqliteResponseCache:
                 raise
         except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
             log.error("response cache %s: commit of %d rows failed: %s", self.path, len(batch), exc)
-            for _, futures in batch:
-                for future in futures:
-                    _resolve(future, CacheError(f"{self.path}: commit failed: {exc}"))
+            for _, future in batch:
+                _resolve(future, CacheError(f"{self.path}: commit failed: {exc}"))
             return
         self.writes += len(batch)
         self.commits += 1
-        for _, (committed, synced) in batch:
-            _resolve(committed)
-            if self._syncer is None:
-                _resolve(synced)
+        for _, future in batch:
+            _resolve(future)
         if self._syncer is not None:
             with self._sync_wanted:
-                self._unsynced.extend(synced for _, (_, synced) in batch)
+                self._unsynced += 1
                 self._sync_wanted.notify()
 
     # -- the syncer thread --------------------------------------------------------------
     def _sync_loop(self) -> None:
+        # One fsync covers every commit made before it starts (group sync).
         wal = Path(f"{self.path}-wal")
         while True:
             with self._sync_wanted:
                 while not self._unsynced and self._syncer is not None:
                     self._sync_wanted.wait()
-                waiting, self._unsynced = self._unsynced, []
+                waiting, self._unsynced = self._unsynced, 0
                 stopping = self._syncer is None
             if waiting:
                 error = self._sync(wal)
                 self.syncs += 1
-                for future in waiting:
-                    _resolve(future, error)
+                if error is not None and self.sync_error is None:
+                    self.sync_error = error
             if stopping:
                 return
 
@@ -368,7 +358,8 @@ class SqliteResponseCache:
             return {k for (k,) in self._reader.execute("SELECT key FROM responses")}
 
     def close(self) -> None:
-        """Finish pending writes and close. Safe to call twice."""
+        """Finish pending writes, sync them and close. Safe to call twice. Raises
+        :class:`CacheError` if an fsync failed (the rows are committed, maybe not on disk)."""
         if self._closed:
             return
         self._closed = True
@@ -377,6 +368,8 @@ class SqliteResponseCache:
             self._writer.join()
         with self._read_lock:
             self._reader.close()
+        if self.sync_error is not None:
+            raise self.sync_error
 
     def __enter__(self) -> "SqliteResponseCache":
         return self

@@ -29,9 +29,7 @@ up before every network attempt, and it stores the *response* of each well-forme
 (content, finish_reason, refusal, model, usage), not the verdict, so a resumed run replays the
 same attempts, reaches the same outcomes with the current validation code, and pays for
 nothing twice. ``put`` is awaited before the attempt's outcome is acted on, so with a durable
-cache a call never counts as done before its answer is on disk. A cache that also has
-``async write(key, response)`` (returning once a killed process would keep the answer, with
-an awaitable for the sync to disk) lets the lane slot go before that sync is waited for.
+cache a call never counts as done before its answer is on disk.
 
 Accounting hook: a :class:`fgrft.llm.accounting.Ledger` (``Engine(ledger=...)``) records every
 attempt (tokens, cost; cache hits cost nothing) and, when it holds a ``Budget``, is consulted
@@ -388,7 +386,7 @@ class Engine:
         body = _wire_body(request)
         options = {"timeout": timeout, "security": {"bearer_auth": True}}
 
-        async def try_once() -> tuple[dict, Awaitable[None] | None]:
+        async def try_once() -> dict:
             async with ep.lane.slot(tokens, priority):
                 # Calls queued behind a fatal error, or behind the budget running out, must
                 # not reach the server; checked here, the last moment before sending.
@@ -404,20 +402,16 @@ class Engine:
                 # Both inside the slot. Charged first, before anything yields to the event
                 # loop, so the next call sees this spend when it checks the budget; committed
                 # before the slot is freed, so a kill -9 at any moment loses at most
-                # `concurrency` paid answers per lane (the calls truly in flight). The fsync
-                # that also makes it survive a power cut is awaited after the slot is given
-                # back: the provider's concurrency is not spent waiting for the local disk.
+                # `concurrency` paid answers per lane (the calls truly in flight). (The
+                # SQLite cache's fsync follows the commit off this path: see cache.py.)
                 self._account(ep, _usage(answer), cached=False)
-                synced = await self._cache_write(key, answer) if answer.get("well_formed") else None
-                return answer, synced
+                if answer.get("well_formed"):
+                    await self._cache_put(key, answer)
+                return answer
 
         where = {"endpoint": ep.cfg.label, "base_url": ep.cfg.base_url, "model": ep.cfg.model}
-        (answer, synced), retries = await call_with_retries(
-            try_once, lane=ep.lane, policy=self.retry, rng=self._rng, clock=self.clock,
-            where=where, secrets=self._secrets)
-        if synced is not None:
-            await synced
-        return answer, retries
+        return await call_with_retries(try_once, lane=ep.lane, policy=self.retry, rng=self._rng,
+                                       clock=self.clock, where=where, secrets=self._secrets)
 
     async def _fetch_batched(self, ep: Endpoint, request: dict, tokens: int, key: str,
                              sampling: Sampling, expected_output_tokens: int | None) -> dict:
@@ -448,15 +442,6 @@ class Engine:
             value = self.cache.put(key, response)
             if inspect.isawaitable(value):
                 await value
-
-    async def _cache_write(self, key: str, response: dict) -> Awaitable[None] | None:
-        """Store ``response``; returns once a killed process would keep it, with the awaitable
-        of its sync to disk when the cache syncs separately (``write``), else ``None``."""
-        write = getattr(self.cache, "write", None)
-        if write is None:
-            await self._cache_put(key, response)
-            return None
-        return await write(key, response)
 
     def _account(self, ep: Endpoint, usage: Usage, *, cached: bool, mode: str = "sync") -> float:
         if self.ledger is None:
