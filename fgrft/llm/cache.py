@@ -28,9 +28,9 @@ makes every commit atomic, so a kill during a commit leaves the old state, never
 
 Concurrency. Reads are single-row primary-key lookups (tens of microseconds), done inline on
 the caller's thread through one read connection behind a lock. Writes go to one writer thread
-that commits whatever has queued up in one transaction (group commit), and a syncer thread
-fsyncs the WAL once for every commit made while it was busy (group sync: one fsync for many
-calls finishing together); each waiting coroutine is woken at its step. The database is in
+that commits whatever has queued up in one transaction (group commit) and then wakes each
+waiting coroutine; a syncer thread fsyncs the WAL once for all the commits made while it was
+busy (group sync: one fsync for many calls finishing together). The database is in
 WAL mode with a busy timeout, so several processes may share one cache file: readers never
 block, and writers queue for the write lock instead of failing. (With ``synchronous=NORMAL``
 SQLite itself syncs the WAL before each checkpoint and the database after it, so a row that
