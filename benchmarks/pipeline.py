@@ -22,8 +22,11 @@ Two mixes of answers:
 
 The span is measured by the server: first request received to last response sent. The
 latency-bound ideal is ``max(calls * latency / concurrency, longest chain * latency)``, where
-the longest chain is the most calls one question made in sequence. Lane utilisation is the
-server's mean number of requests in flight over the span, divided by the concurrency.
+the longest chain is the most calls one question made in sequence and the latency is the
+configured one. Lane utilisation is the server's mean number of requests in flight over the
+span, divided by the concurrency. Also reported: the server's own mean time per request
+(the configured latency plus its parsing and answering) and the load average before and
+after the run, since the span depends on the CPU time the two processes get.
 Target: span within 1.1x the ideal and utilisation at least 90%, on both mixes. A second run
 of the same command must send nothing (all cache hits).
 
@@ -143,7 +146,9 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
             ServerProcess(server_args) as server:
         ws = Workspace(Path(tmp), questions)
         command = generate_command(server.base_url, ws.source, concurrency, mix)
+        out["loadavg_before"] = os.getloadavg()
         out["command_wall_s"] = ws.generate(command, "generate")
+        out["loadavg_after"] = os.getloadavg()
         stats = server.stats()
         summary_path = ws.summary_path()
         summary = json.loads(summary_path.read_text())
@@ -153,7 +158,8 @@ def run(questions: int, concurrency: int, latency_s: float, mix: str = "fixed") 
                    kept=summary["kept"], dropped=summary["dropped"], longest_chain=max(chains.values()),
                    revised=summary["revised"], fallbacks=summary["fallbacks"],
                    generate_wall_s=summary["wall_s"],
-                   utilisation=stats["busy_s"] / (concurrency * stats["span_s"]))
+                   utilisation=stats["busy_s"] / (concurrency * stats["span_s"]),
+                   server_mean_s=stats["busy_s"] / stats["total"])
         # Where the idle slots are: before the drain (the last longest-chain x latency
         # seconds, when unfinished chains are too few to fill the lanes) or during it.
         drain_s = out["longest_chain"] * latency_s
@@ -248,7 +254,8 @@ def report(r: dict) -> str:
         f"  calls {r['calls']:,} (kept {r['kept']}, dropped {r['dropped'] or 'none'}, revised "
         f"{r['revised']}, fallbacks {r['fallbacks']}), longest chain {r['longest_chain']} calls, "
         f"server peak {r['peak_in_flight']} in flight",
-        f"  ideal      {r['ideal_s']:7.2f} s = max(calls x latency / concurrency, longest chain x latency)",
+        f"  ideal      {r['ideal_s']:7.2f} s = max(calls x latency / concurrency, longest chain x latency)"
+        f"; server's mean time per request {r['server_mean_s'] * 1000:.1f} ms",
         f"  span       {r['span_s']:7.2f} s server side ({r['generate_wall_s']:.2f} s job wall, "
         f"{r['command_wall_s']:.2f} s command wall)",
         f"  ratio      {r['span_over_ideal']:.3f}; lane utilisation {r['utilisation']:.1%} "
@@ -257,7 +264,13 @@ def report(r: dict) -> str:
         f"{r['utilisation_drain']:.1%} in it (the last longest-chain x latency seconds)",
         f"  re-run     {r['cached_rerun_wall_s']:.2f} s command wall, {r['cached_server_calls']} "
         f"server calls, {r['cached_hits']:,} cache hits, kept {r['cached_kept']}",
+        f"  load avg   {_load(r['loadavg_before'])} before the run, {_load(r['loadavg_after'])} after "
+        f"(1/5/15 min, {r['cpus']} CPUs)",
     ])
+
+
+def _load(loadavg) -> str:
+    return "/".join(f"{x:.2f}" for x in loadavg)
 
 
 def traced_span(questions: int, concurrency: int, latency_s: float, traces: bool) -> dict:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +96,42 @@ def test_concurrent_puts_are_group_committed_and_a_cancelled_one_harms_nothing(c
     asyncio.run(go())
     assert {f"k{i}" for i in range(200)} | {"after"} <= cache.keys()
     assert cache.commits < 200, "puts queued together must share a transaction"
+
+
+def test_put_returns_at_the_commit_and_the_wal_is_fsynced_after_it_once_for_many(tmp_path,
+                                                                                monkeypatch):
+    fsynced, unblock = [], threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        unblock.wait(10)  # a disk that takes its time
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    cache = SqliteResponseCache.in_dir(tmp_path)
+
+    async def go():
+        await asyncio.gather(*(cache.put(f"k{i}", RESPONSE) for i in range(100)))
+
+    asyncio.run(go())  # returns although no fsync has finished
+    assert fsynced == []
+    # Committed: another connection (another process, a re-run after kill -9) reads every row.
+    with sqlite3.connect(cache.path) as other:
+        assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 100
+    unblock.set()
+    cache.close()  # returns once the last commit is synced
+    assert fsynced and set(fsynced) == {f"{cache.path}-wal"}
+    assert 1 <= cache.syncs == len(fsynced) <= cache.commits < 100
+
+
+def test_a_non_durable_cache_never_fsyncs(tmp_path, monkeypatch):
+    fsynced = []
+    monkeypatch.setattr(os, "fsync", fsynced.append)
+    with SqliteResponseCache.in_dir(tmp_path, durable=False) as cache:
+        asyncio.run(cache.put("k", RESPONSE))
+        assert cache.get("k") == RESPONSE
+    assert fsynced == [] and cache.syncs == 0
 
 
 # ----------------------------------------------------------------------------- through the engine

@@ -15,24 +15,33 @@ A malformed body is never stored (it says nothing about the model), but an off-s
 answer is: a resumed run replays the same attempts, reaches the same verdicts and pays nothing
 twice. Usage and latency are also kept as columns, for inspection with plain SQL.
 
-Crash safety. :meth:`put` returns only after the row is committed (``synchronous=FULL`` by
-default, so it survives power loss, not only ``kill -9``), and the engine awaits it before a
-call counts as done. A process killed at any moment therefore loses only calls that were in
-flight. SQLite's journal makes every commit atomic, so a kill during a commit leaves the old
-state, never a torn row.
+Crash safety, in two steps. A row is *committed* once its transaction is in the WAL file:
+the operating system holds it, so a process killed with ``kill -9`` keeps it. :meth:`put`
+returns then, and the engine awaits it (inside the call's lane slot) before a call counts as
+done, so a process killed at any moment loses only calls that were in flight. The row is
+*synced* (a power cut keeps it too) when a syncer thread fsyncs the WAL file right after the
+commit; :meth:`close` returns only once every row is synced (``durable=False``: no fsync at
+all). Waiting for the fsync in :meth:`put` would hold the lane slot, that is the provider's
+concurrency, for the disk's fsync time (milliseconds per call, far more on a busy disk); a
+power cut can now also lose the answers committed in the last fsync's time. SQLite's journal
+makes every commit atomic, so a kill during a commit leaves the old state, never a torn row.
 
 Concurrency. Reads are single-row primary-key lookups (tens of microseconds), done inline on
 the caller's thread through one read connection behind a lock. Writes go to one writer thread
-that commits whatever has queued up in one transaction (group commit: one fsync for many
-calls finishing together) and then wakes each waiting coroutine. The database is in WAL mode
-with a busy timeout, so several processes may share one cache file: readers never block, and
-writers queue for the write lock instead of failing.
+that commits whatever has queued up in one transaction (group commit) and then wakes each
+waiting coroutine; a syncer thread fsyncs the WAL once for all the commits made while it was
+busy (group sync: one fsync for many calls finishing together). The database is in
+WAL mode with a busy timeout, so several processes may share one cache file: readers never
+block, and writers queue for the write lock instead of failing. (With ``synchronous=NORMAL``
+SQLite itself syncs the WAL before each checkpoint and the database after it, so a row that
+left the WAL for the database file is synced too.)
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -91,8 +100,8 @@ def default_path(cache_dir: str | Path) -> Path:
 
 
 class SqliteResponseCache:
-    """See the module docstring. ``durable=False`` commits with ``synchronous=NORMAL``: still
-    safe against a killed process, not against a power cut, and without an fsync per batch."""
+    """See the module docstring. ``durable=False`` skips the sync: still safe against a
+    killed process, not against a power cut, and without an fsync per batch."""
 
     def __init__(self, path: str | Path, *, durable: bool = True, busy_timeout_s: float = 60.0):
         self.path = Path(path)
@@ -106,6 +115,12 @@ class SqliteResponseCache:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        # Commits made since the syncer last started an fsync of the WAL (see _sync_loop).
+        self._unsynced = 0
+        self.sync_error: CacheError | None = None
+        self._sync_wanted = threading.Condition()
+        self._syncer: threading.Thread | None = None
+        self.syncs = 0
         self._closed = False
 
     @classmethod
@@ -114,15 +129,16 @@ class SqliteResponseCache:
         return cls(default_path(cache_dir), **kwargs)
 
     # -- connections --------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, synchronous: str | None = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so the
         # module never opens one behind our back. check_same_thread=False: the reader is used
         # from whichever thread runs the event loop, always under _read_lock.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
+        synchronous = synchronous or ("FULL" if self.durable else "NORMAL")
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -159,9 +175,9 @@ class SqliteResponseCache:
         return json.loads(row[0])
 
     async def put(self, key: str, response: dict) -> None:
-        """Store one well-formed response; returns once it is committed to disk."""
-        future = self._submit(key, response)
-        await asyncio.wrap_future(future)
+        """Store one well-formed response; returns once it is committed (a killed process
+        keeps it); the fsync follows (see the module docstring)."""
+        await asyncio.wrap_future(self._submit(key, response))
 
     def put_blocking(self, key: str, response: dict) -> None:
         """:meth:`put` for code outside an event loop."""
@@ -188,12 +204,17 @@ class SqliteResponseCache:
         if self._writer is None:
             with self._writer_lock:
                 if self._writer is None:
+                    if self.durable:
+                        self._syncer = threading.Thread(target=self._sync_loop, daemon=True,
+                                                        name=f"fgrft-cache-syncer:{self.path.name}")
+                        self._syncer.start()
                     self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                                     name=f"fgrft-cache-writer:{self.path.name}")
                     self._writer.start()
 
     def _write_loop(self) -> None:
-        conn = self._connect()
+        # NORMAL: a commit writes the WAL without an fsync; the syncer thread does that.
+        conn = self._connect("NORMAL")
         try:
             while True:
                 item = self._queue.get()
@@ -215,6 +236,7 @@ class SqliteResponseCache:
                     return
         finally:
             conn.close()
+            self._stop_syncer()
 
     def _commit(self, conn: sqlite3.Connection, batch: list) -> None:
         try:
@@ -236,6 +258,53 @@ class SqliteResponseCache:
         self.commits += 1
         for _, future in batch:
             _resolve(future)
+        if self._syncer is not None:
+            with self._sync_wanted:
+                self._unsynced += 1
+                self._sync_wanted.notify()
+
+    # -- the syncer thread --------------------------------------------------------------
+    def _sync_loop(self) -> None:
+        # One fsync covers every commit made before it starts (group sync).
+        wal = Path(f"{self.path}-wal")
+        while True:
+            with self._sync_wanted:
+                while not self._unsynced and self._syncer is not None:
+                    self._sync_wanted.wait()
+                waiting, self._unsynced = self._unsynced, 0
+                stopping = self._syncer is None
+            if waiting:
+                error = self._sync(wal)
+                self.syncs += 1
+                if error is not None and self.sync_error is None:
+                    self.sync_error = error
+            if stopping:
+                return
+
+    def _sync(self, wal: Path) -> BaseException | None:
+        """fsync the WAL file: every commit made before this call is then on disk."""
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # checkpointed into the database and removed: SQLite synced it
+        except OSError as exc:
+            return CacheError(f"{wal}: cannot open for fsync: {exc}")
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("response cache %s: fsync failed: %s", wal, exc)
+            return CacheError(f"{wal}: fsync failed: {exc}")
+        finally:
+            os.close(fd)
+        return None
+
+    def _stop_syncer(self) -> None:
+        syncer = self._syncer
+        if syncer is not None:
+            with self._sync_wanted:
+                self._syncer = None
+                self._sync_wanted.notify()
+            syncer.join()
 
     # -- provider batch intents ---------------------------------------------------------
     # Written through the read connection (WAL lets it write too) and committed before the
@@ -289,7 +358,8 @@ class SqliteResponseCache:
             return {k for (k,) in self._reader.execute("SELECT key FROM responses")}
 
     def close(self) -> None:
-        """Finish pending writes and close. Safe to call twice."""
+        """Finish pending writes, sync them and close. Safe to call twice. Raises
+        :class:`CacheError` if an fsync failed (the rows are committed, maybe not on disk)."""
         if self._closed:
             return
         self._closed = True
@@ -298,6 +368,8 @@ class SqliteResponseCache:
             self._writer.join()
         with self._read_lock:
             self._reader.close()
+        if self.sync_error is not None:
+            raise self.sync_error
 
     def __enter__(self) -> "SqliteResponseCache":
         return self

@@ -402,7 +402,8 @@ class Engine:
                 # Both inside the slot. Charged first, before anything yields to the event
                 # loop, so the next call sees this spend when it checks the budget; committed
                 # before the slot is freed, so a kill -9 at any moment loses at most
-                # `concurrency` paid answers per lane (the calls truly in flight).
+                # `concurrency` paid answers per lane (the calls truly in flight). (The
+                # SQLite cache's fsync follows the commit off this path: see cache.py.)
                 self._account(ep, _usage(answer), cached=False)
                 if answer.get("well_formed"):
                     await self._cache_put(key, answer)
