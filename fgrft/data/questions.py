@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from fgrft.records import LETTERS, Question, RecordError, fold
+from fgrft.records import LETTERS, Question, RecordError, fold, text_field
 
 from .files import Row, read_grouped_rows, where
 
@@ -24,7 +24,7 @@ def question_from_row(row: Any, source: str) -> Question:
     """
     if not isinstance(row, Mapping):
         raise RecordError(f"expected a JSON object, got {type(row).__name__}")
-    question = _required_text(row, "question")
+    question = text_field(row, ("question",))
     options = _options(row)
     answer_idx = row.get("answer_idx")
     if answer_idx is None:
@@ -45,17 +45,6 @@ def question_from_row(row: Any, source: str) -> Question:
                           f"({options[answer_idx]!r})", field="answer")
     return Question(source=source, question=question, options=options,
                     answer_idx=answer_idx, answer=answer)
-
-
-def _required_text(row: Mapping, name: str) -> str:
-    if name not in row or row[name] is None:
-        raise RecordError("missing", field=name)
-    value = row[name]
-    if not isinstance(value, str):
-        raise RecordError(f"expected text, got {type(value).__name__}", field=name)
-    if not value.strip():
-        raise RecordError("empty text", field=name)
-    return value
 
 
 def _options(row: Mapping) -> dict[str, str]:
