@@ -62,20 +62,30 @@ def secret_values(extra: Iterable[str] = ()) -> list[str]:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret value (see the module docstring) and key-shaped token masked."""
-    for value in secret_values(secrets):
+    return _mask(text, secret_values(secrets))
+
+
+def _mask(text: str, values: list[str]) -> str:
+    for value in values:
         text = text.replace(value, MASK)
     return _KEY_SHAPES.sub(lambda m: (m.group(1) or "") + MASK, text)
 
 
 def redact_obj(obj: Any) -> Any:
     """:func:`redact` applied to every string inside nested mappings and lists."""
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, Mapping):
-        return {k: redact_obj(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
-    return obj
+    # The environment is read once per object, not once per string (traces hold thousands).
+    values = secret_values()
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return _mask(node, values)
+        if isinstance(node, Mapping):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(obj)
 
 
 class RedactingFilter(logging.Filter):
