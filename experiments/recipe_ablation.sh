@@ -27,20 +27,27 @@ fi
 
 step "Stage 1, both recipes: python -m fgrft.generate -m ${generate[*]} recipe=thesis,fgrft_plus experiment_name=$EXP"
 $PY -m fgrft.generate -m "${generate[@]}" recipe=thesis,fgrft_plus experiment_name=$EXP
-# Each job's records.jsonl, by the recipe its config.yaml names (newest sweep first).
-mapfile -t records < <($PY - "$EXP" <<'PY'
+# Each job's records.jsonl in the newest Stage 1 sweep, by the recipe its config.yaml names;
+# a recipe without one stops the script here.
+found=$($PY - "$EXP" <<'PY'
 import sys
 from pathlib import Path
 import yaml
+from fgrft.records import CONFIG_FILE, RECORDS_FILE
+sweeps = sorted(Path("outputs/generate", sys.argv[1]).glob("multirun-*"), key=lambda p: p.stat().st_mtime)
+if not sweeps:
+    sys.exit("recipe_ablation: no Stage 1 sweep under outputs/generate/" + sys.argv[1])
 found = {}
-for records in sorted(Path("outputs/generate", sys.argv[1]).glob("multirun-*/*/records.jsonl"),
-                      key=lambda p: p.stat().st_mtime, reverse=True):
-    recipe = yaml.safe_load((records.parent / "config.yaml").read_text())["recipe"]
-    found.setdefault(recipe, records.resolve())
+for records in sweeps[-1].glob(f"*/{RECORDS_FILE}"):
+    found[yaml.safe_load((records.parent / CONFIG_FILE).read_text())["recipe"]] = records.resolve()
+missing = [r for r in ("thesis", "fgrft_plus") if r not in found]
+if missing:
+    sys.exit(f"recipe_ablation: {sweeps[-1]} has no {RECORDS_FILE} for recipe {', '.join(missing)}")
 for recipe in ("thesis", "fgrft_plus"):
     print(f"recipe_records.{recipe}={found[recipe]}")
 PY
 )
+mapfile -t records <<<"$found"
 for r in "${records[@]}"; do echo "${r%%=*}: $(wc -l < "${r#*=}") records kept (${r#*=})"; done
 
 step "Stage 2 + evaluation, one arm per recipe: python -m fgrft.train -m +experiment=$EXP ${train[*]} ${records[*]}"

@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 JobFn = Callable[[DictConfig, TrackedRun], Any]
 CheckFn = Callable[[DictConfig], None]
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+# One line per job stopped on a user error, printed by the entrypoint when Hydra returns
+# (a sweep's jobs each add theirs and the sweep goes on).
+user_errors: list[str] = []
+
+
+def _user_error_line(stage: str, exc: BaseException) -> str:
+    return f"fgrft.{stage}: {type(exc).__name__}: {redact(str(exc))}"
 
 
 def run_stage(stage: str, cfg: DictConfig, job_fn: JobFn, check: CheckFn | None = None) -> Any:
@@ -53,6 +60,13 @@ def run_stage(stage: str, cfg: DictConfig, job_fn: JobFn, check: CheckFn | None 
             check(cfg)
         with job_run(cfg, job) as tracked:
             return job_fn(cfg, tracked)
+    except USER_ERRORS as exc:
+        if not job.is_multirun:
+            raise
+        user_errors.append(_user_error_line(stage, exc))
+        if os.environ.get(FULL_ERROR_ENV) == "1":
+            log.error("job %s failed:\n%s", job.run_dir.name, redact(traceback.format_exc()))
+        return None
     except Exception:
         if not job.is_multirun:
             raise
@@ -70,7 +84,6 @@ def hydra_entry(stage: str, job_fn: JobFn,
     raises the user errors it finds in the validated config before the run opens.
     """
     register_resolvers()
-    user_errors: list[str] = []
 
     @hydra.main(config_path=str(CONF_DIR), config_name=stage, version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
@@ -84,13 +97,15 @@ def hydra_entry(stage: str, job_fn: JobFn,
             if os.environ.get(FULL_ERROR_ENV) == "1":
                 raise
             # Raised here, Hydra would print its own traceback: the message leaves through main().
-            user_errors.append(f"fgrft.{stage}: {type(exc).__name__}: {redact(str(exc))}")
+            user_errors.append(_user_error_line(stage, exc))
             return None
 
     def main() -> Any:
+        user_errors.clear()
         result = _main()
         if user_errors:
-            print(user_errors[-1], file=sys.stderr)
+            # A sweep can stop several jobs on user errors: each gets its line.
+            print("\n".join(user_errors), file=sys.stderr)
             sys.exit(1)
         if tracking.failed_sweeps:
             sys.exit(1)

@@ -242,7 +242,7 @@ def training_record_from_row(row: Mapping[str, Any], default_source: str = "") -
     return TrainingRecord(id=record_id, source=source, Question=question, Complex_CoT=cot,
                           Response=response, gold=gold_field(row.get("gold"), options),
                           meta=_meta(row.get("meta")),
-                          schema_version=row.get("schema_version", 1), raw_response=raw)
+                          schema_version=row.get("schema_version", SCHEMA_VERSION), raw_response=raw)
 
 
 def gold_field(value: Any, options: Mapping[str, str]) -> Gold | None:

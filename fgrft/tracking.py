@@ -245,7 +245,7 @@ def job_run(cfg: DictConfig, job: JobInfo) -> Iterator[TrackedRun]:
         yield tracked
         status = "FINISHED"
     except USER_ERRORS:
-        discard = not run_id
+        discard = not run_id and not _recorded_work(tracked.run_id)
         raise
     finally:
         try:
@@ -257,6 +257,20 @@ def job_run(cfg: DictConfig, job: JobInfo) -> Iterator[TrackedRun]:
                 mlflow.MlflowClient().delete_run(tracked.run_id)
                 id_file.unlink(missing_ok=True)
                 log.info("deleted MLflow run %s: the job stopped on a user error before any work", tracked.run_id)
+
+
+def _recorded_work(run_id: str) -> bool:
+    """Whether the run holds results: a metric of the job's own, an artifact or a dataset input.
+    Such a run is kept (FAILED) when a later step stops on a user error."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if any(not key.startswith("system/") for key in run.data.metrics):
+        return True
+    if run.inputs is not None and run.inputs.dataset_inputs:
+        return True
+    return bool(client.list_artifacts(run_id))
 
 
 def _write_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -49,6 +49,26 @@ def test_a_user_error_inside_the_job_is_one_line_and_its_new_run_is_deleted(tmp_
     assert not list((tmp_path / "outputs").rglob("mlflow_run_id"))
 
 
+def test_a_user_error_after_the_job_logged_results_keeps_its_run_as_failed(tmp_path):
+    r = run_app(tmp_path, "temperature=t0.7",
+                env={"FGRFT_TEST_USER_ERROR_AFTER_WORK_ON": "t0.7", "HYDRA_FULL_ERROR": "0"})
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "fgrft.evaluate: ConfigError: temperature.temperature: scripted user error after work for temperature=t0.7")
+    [run] = runs(tmp_path)
+    assert run.info.status == "FAILED" and run.data.metrics["accuracy/overall"] == 0.7
+    assert len(list((tmp_path / "outputs").rglob("mlflow_run_id"))) == 1
+
+
+def test_every_job_of_a_sweep_that_stops_on_a_user_error_gets_its_line(tmp_path):
+    r = run_app(tmp_path, "-m", "temperature=t0.5,t0.7,greedy",
+                env={"FGRFT_TEST_USER_ERROR_ON": "temperature=t", "HYDRA_FULL_ERROR": "0"})
+    assert r.returncode == 1, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("fgrft.evaluate: ConfigError")]
+    assert [line.rsplit(" for ", 1)[1] for line in lines] == ["temperature=t0.5", "temperature=t0.7"]
+    assert "Traceback" not in r.stderr
+
+
 def test_hydra_full_error_shows_the_traceback(tmp_path):
     r = run_app(tmp_path, "temperature=t0.7", env={"FGRFT_TEST_USER_ERROR_ON": "t0.7", "HYDRA_FULL_ERROR": "1"})
     assert r.returncode != 0

@@ -48,6 +48,7 @@ def test_a_groups_options_are_its_yaml_files(group):
 
 
 def test_every_option_list_in_code_is_the_one_on_disk():
+    assert benchmark_names() == ("all", "medmcqa", "medqa", "pubmedqa", "sample")
     assert benchmark_names() == _stems("benchmark")
     assert source_names() == _stems("source")
     assert data_names() == _stems("data")

@@ -62,8 +62,10 @@ def test_recipe_records_must_name_every_recipe_and_the_arm(tmp_path):
         _load_records(_compose(["data=fgrft_5k", "recipe=thesis",
                                 f"recipe_records={{thesis: {_write(tmp_path / 't.jsonl', BUNDLED)}, "
                                 "fgrft_plus: null}"]))
-    with pytest.raises(ConfigError, match="recipe"):
-        _load_records(_compose(["data=fgrft_5k", "recipe=plus"]))
+    with pytest.raises(ConfigError, match=r"recipe_records is set but recipe .* is not"):
+        _load_records(_compose(["data=fgrft_5k",
+                                f"recipe_records={{thesis: {_write(tmp_path / 't.jsonl', BUNDLED)}, "
+                                f"fgrft_plus: {tmp_path / 't.jsonl'}}}"]))
 
 
 def test_preset_sweeps_both_recipes_with_the_thesis_training_settings():

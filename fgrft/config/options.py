@@ -26,9 +26,9 @@ def group_options(group: str) -> tuple[str, ...]:
 
 def option_values(group: str, name: str | None) -> dict[str, Any]:
     """The keys ``conf/<group>/<name>.yaml`` sets; empty for a name that is no option."""
-    if not name or name not in group_options(group):
-        return {}
     path = _group_dir(group) / f"{name}.yaml"
+    if not name or "/" in name or not path.is_file():
+        return {}
     values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of keys, found {type(values).__name__}")

@@ -117,7 +117,9 @@ def _pooled(run: Any) -> str:
     else:
         correct = sum(s.correct for s in run.per_source.values())
         total = sum(s.total for s in run.per_source.values())
-        low, high = wilson_interval(correct, total)
+        # Several samples per item are not independent trials: no Wilson interval for them
+        # (the same rule as the accuracy tables' pooled columns).
+        low, high = wilson_interval(correct, total) if run.samples is None else (math.nan, math.nan)
         score = SourceScore("overall", correct, total, low, high)
     return f"{pct(score.accuracy)} [{pct(score.ci_low)}, {pct(score.ci_high)}] ({score.correct}/{score.total})"
 
