@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: the checkout's fgrft, whatever is installed
+
+from fgrft.records import METRICS_FILE, PREDICTIONS_FILE, SUMMARY_FILE  # noqa: E402
 TRAIN_STEPS = 30
 ZERO3_STEPS = 10
 STEP_TIMEOUT_S = 900
@@ -126,7 +129,7 @@ def evaluate_overrides(backend: str, checkpoint: Path | str, model: str = "smol"
 
 def train_model(runner: Runner, batching: str, attn: str, model: str) -> dict[str, Any]:
     run_dir = runner.run(f"train_{batching}_{attn}", "fgrft.train", *train_overrides(batching, attn, model))
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = json.loads((run_dir / SUMMARY_FILE).read_text())
     if s["batching"] != batching:
         raise AssertionError(f"asked for {batching} batching, trained with {s['batching']}")
     return {"tokens_per_s": s["tokens_per_s"], "padding_fraction": s["padding_fraction"], "final_loss": s["final_loss"],
@@ -135,7 +138,7 @@ def train_model(runner: Runner, batching: str, attn: str, model: str) -> dict[st
 
 def train_zero3(runner: Runner, model: str) -> dict[str, Any]:
     run_dir = runner.run("train_zero3", "fgrft.train", *zero3_overrides(model))
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = json.loads((run_dir / SUMMARY_FILE).read_text())
     ds = json.loads((run_dir / "deepspeed.json").read_text())
     if ds["zero_optimization"]["stage"] != 3 or s["world_size"] != 1:
         raise AssertionError(f"expected ZeRO-3 on 1 rank, got stage {ds['zero_optimization']['stage']}, "
@@ -146,8 +149,8 @@ def train_zero3(runner: Runner, model: str) -> dict[str, Any]:
 
 def evaluate(runner: Runner, backend: str, checkpoint: Path, model: str) -> dict[str, Any]:
     run_dir = runner.run(f"evaluate_{backend}", "fgrft.evaluate", *evaluate_overrides(backend, checkpoint, model))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    items = sum(1 for _ in (run_dir / "predictions.jsonl").open())
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    items = sum(1 for _ in (run_dir / PREDICTIONS_FILE).open())
     if items == 0:
         raise AssertionError("no predictions")
     overall = metrics.get("overall", {})

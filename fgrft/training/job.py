@@ -228,10 +228,14 @@ def _load_records(cfg: DictConfig) -> tuple[list[TrainingRecord], str, dict[str,
     origin = spec.get("path") or f"data={spec.get('name')}"
     shared_with = cfg.get("shared_ids_with")
     restricted = spec.get("format") == "naive_cot" and not spec.get("path")
-    ids = _fgrft_ids(cfg, cache, fgrft_file) if restricted or shared_with or recipe_files else None
     if restricted:
         spec["n"] = None  # the FGRFT ids pick the questions, not a seeded draw of this set
     records = _records_of(spec["path"], cache) if recipe_files else load_training_records(spec, cache_dir=cache)
+    ids = None
+    if restricted or shared_with or recipe_files:
+        # An arm that trains on the FGRFT file itself has its ids in hand: no second read.
+        own = bool(fgrft_file) and spec.get("path") == fgrft_file
+        ids = (str(fgrft_file), [r.stem_id for r in records]) if own else _fgrft_ids(cfg, cache, fgrft_file)
     matched = None
     if ids is not None:
         ids_origin, fgrft_ids = ids
